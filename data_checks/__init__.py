@@ -1,0 +1,20 @@
+"""Great Expectations (GX Core 1.x) suites for MUFASA's tables, and a runner.
+
+One builder function per table in :mod:`data_checks.suites`; :func:`data_checks.runner.run_suite` validates a
+pandas frame against a suite and returns plain results. This package imports only GX and pandas: the pipeline
+(``mufasa.pipeline.validation``), the DVC ``validate`` stage and the Dagster asset checks all call it, so every
+path validates the same way.
+"""
+
+from data_checks.runner import CheckResult, SuiteResult, run_suite
+from data_checks.suites import SUITES, interactions_suite, items_suite, sequences_suite
+
+__all__ = [
+    "SUITES",
+    "CheckResult",
+    "SuiteResult",
+    "interactions_suite",
+    "items_suite",
+    "run_suite",
+    "sequences_suite",
+]

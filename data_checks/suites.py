@@ -1,0 +1,132 @@
+"""Expectation suites, one builder per table.
+
+Builders take the few facts a rule needs that are not in the table itself (the current time for "no future
+timestamps", the known item ids for referential integrity), so the suites stay pure and deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import great_expectations as gx
+import great_expectations.expectations as gxe
+
+from data_checks.context import context
+
+# Release years outside this range are data errors in every catalogue we know of (cinema starts in the 1880s).
+MIN_YEAR = 1870
+
+
+def interactions_suite(*, now: int, item_ids: Iterable[int] | None = None) -> gx.ExpectationSuite:
+    """Interactions: ids present and integral, timestamps in [0, now], every item known to the items table."""
+    context()  # GX builds suites only inside an active context
+    suite = gx.ExpectationSuite(name="interactions")
+    suite.add_expectation(gxe.ExpectTableRowCountToBeBetween(min_value=1, description="the table has no rows"))
+    for col in ("user_id", "item_id", "timestamp"):
+        suite.add_expectation(gxe.ExpectColumnToExist(column=col, description="required column is missing"))
+        suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=col, description="missing (null) values"))
+        suite.add_expectation(gxe.ExpectColumnValuesToBeInTypeList(
+                column=col, type_list=["int64", "Int64"], description="values are not 64-bit integers"
+            ))
+    suite.add_expectation(gxe.ExpectColumnValuesToBeBetween(
+            column="timestamp",
+            min_value=0,
+            max_value=int(now),
+            description=f"timestamp is negative or in the future (after {int(now)})",
+        ))
+    if item_ids is not None:
+        suite.add_expectation(
+            gxe.ExpectColumnValuesToBeInSet(
+                column="item_id",
+                value_set=sorted({int(i) for i in item_ids}),
+                description="item_id names an item that is not in the items table",
+            )
+        )
+    return suite
+
+
+def items_suite(*, now_year: int) -> gx.ExpectationSuite:
+    """Items: unique integral ids, non-empty titles, plausible years."""
+    context()  # GX builds suites only inside an active context
+    suite = gx.ExpectationSuite(name="items")
+    suite.add_expectation(gxe.ExpectTableRowCountToBeBetween(min_value=1, description="the table has no rows"))
+    for col in ("item_id", "title", "genres"):
+        suite.add_expectation(gxe.ExpectColumnToExist(column=col, description="required column is missing"))
+    suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column="item_id", description="missing (null) item id"))
+    suite.add_expectation(gxe.ExpectColumnValuesToBeInTypeList(
+            column="item_id", type_list=["int64", "Int64"], description="item ids are not 64-bit integers"
+        ))
+    suite.add_expectation(gxe.ExpectColumnValuesToBeUnique(column="item_id", description="duplicate item id"))
+    suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column="title", description="missing (null) title"))
+    # Titles are the semantic anchor of the fusion layer: an empty one leaves an item without an anchor.
+    suite.add_expectation(gxe.ExpectColumnValueLengthsToBeBetween(column="title", min_value=1, description="empty title"))
+    suite.add_expectation(
+        gxe.ExpectColumnValuesToBeBetween(
+            column="year",
+            min_value=MIN_YEAR,
+            max_value=int(now_year) + 5,
+            description=f"implausible release year (outside {MIN_YEAR}..{int(now_year) + 5})",
+        )
+    )
+    return suite
+
+
+def sequences_suite(*, item_ids: Iterable[int] | None = None) -> gx.ExpectationSuite:
+    """Leave-one-out split, checked on its per-user summary (``mufasa.data.sequences.split_summary``).
+
+    - order: each training history is non-decreasing in time (``train_min_step >= 0``);
+    - completeness: every event lands in exactly one split (``n_split == n_events``);
+    - no leakage: the validation target is at/after the last training event and the test target at/after the
+      validation target; at most one validation and one test target per user.
+    """
+    context()  # GX builds suites only inside an active context
+    suite = gx.ExpectationSuite(name="sequences")
+    suite.add_expectation(gxe.ExpectTableRowCountToBeBetween(min_value=1, description="the table has no rows"))
+    suite.add_expectation(gxe.ExpectColumnValuesToBeUnique(column="user_id", description="a user appears twice in the summary"))
+    suite.add_expectation(gxe.ExpectColumnValuesToBeBetween(
+            column="train_min_step", min_value=0, description="training history is not in time order"
+        ))
+    suite.add_expectation(gxe.ExpectColumnPairValuesToBeEqual(
+            column_A="n_split", column_B="n_events", description="events lost or duplicated by the split"
+        ))
+    for col in ("n_valid", "n_test"):
+        suite.add_expectation(gxe.ExpectColumnValuesToBeBetween(
+                column=col, min_value=0, max_value=1, description="more than one target per user"
+            ))
+    suite.add_expectation(gxe.ExpectColumnPairValuesToBeEqual(
+            column_A="n_valid", column_B="n_test", description="a user has a validation target but no test target"
+        ))
+    suite.add_expectation(
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="valid_ts",
+            column_B="train_last_ts",
+            or_equal=True,
+            ignore_row_if="either_value_is_missing",
+            description="leakage: validation target is older than a training event",
+        )
+    )
+    suite.add_expectation(
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="test_ts",
+            column_B="valid_ts",
+            or_equal=True,
+            ignore_row_if="either_value_is_missing",
+            description="leakage: test target is older than the validation target",
+        )
+    )
+    if item_ids is not None:
+        known = sorted({int(i) for i in item_ids})
+        for col in ("valid_item_id", "test_item_id"):
+            suite.add_expectation(
+                gxe.ExpectColumnValuesToBeInSet(
+                    column=col, value_set=known, description="target item is not in the items table"
+                )
+            )
+    return suite
+
+
+SUITES: dict[str, Callable[..., gx.ExpectationSuite]] = {
+    "interactions": interactions_suite,
+    "items": items_suite,
+    "sequences": sequences_suite,
+}

@@ -1,0 +1,74 @@
+"""Typed, frozen configuration for every stage, parsed once from ``params.yaml`` at the edge.
+
+``params.yaml`` has one section per stage; :func:`mufasa.pipeline.params.load_params` turns it into these
+dataclasses (unknown keys and wrong types are errors, so a typo never silently falls back to a default).
+The library takes these objects, never raw dicts.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True, config=_STRICT)
+class FilesSource:
+    """Bring-your-own data: interactions and items files (CSV/TSV or Parquet); see README "Your own data"."""
+
+    interactions: str = "data/input/interactions.csv"
+    items: str = "data/input/items.csv"
+    sep: str | None = None  # None: ',' for .csv, tab for .tsv
+    encoding: str = "utf-8"
+    # file column name -> canonical name, e.g. {userId: user_id}; applied to both files
+    rename: dict[str, str] = Field(default_factory=dict)
+    image_root: str | None = "data/input/images"  # items' image_path is relative to this folder
+
+
+@dataclass(frozen=True, config=_STRICT)
+class SyntheticSource:
+    """Synthetic data with planted multi-scale interest structure (see ``mufasa.data.synthetic``)."""
+
+    n_users: int = 300
+    n_items: int = 600
+    n_genres: int = 6
+    clusters_per_genre: int = 4
+    min_events: int = 20
+    max_events: int = 200
+    mean_block_len: float = 12.0
+    within_block_drift: float = 0.3
+    replay_prob: float = 0.15
+    image_size: int = 32
+    seed: int = 0
+
+
+@dataclass(frozen=True, config=_STRICT)
+class IngestConfig:
+    source: Literal["movielens-100k", "synthetic", "files"] = "movielens-100k"
+    files: FilesSource = Field(default_factory=FilesSource)
+    synthetic: SyntheticSource = Field(default_factory=SyntheticSource)
+    # Timestamps after this Unix time are rejected as "in the future"; None means the wall clock at run time.
+    now: int | None = None
+
+
+@dataclass(frozen=True, config=_STRICT)
+class SequencesConfig:
+    # Users need >= 3 events for leave-one-out (train history, validation target, test target).
+    min_events: int = Field(default=3, ge=3)
+
+
+@dataclass(frozen=True, config=_STRICT)
+class TrackingConfig:
+    experiment: str = "mufasa"
+
+
+@dataclass(frozen=True, config=_STRICT)
+class Params:
+    """All of ``params.yaml``."""
+
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    sequences: SequencesConfig = Field(default_factory=SequencesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)

@@ -1,0 +1,1 @@
+"""Data layer: canonical schema, readers for MovieLens-100k and user files, synthetic data, sequences."""

@@ -1,0 +1,67 @@
+"""Where each stage reads and writes, relative to the project root (the folder holding ``dvc.yaml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ProjectPaths:
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).resolve())
+
+    @property
+    def params(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.root / "data" / "raw"
+
+    @property
+    def raw_interactions(self) -> Path:
+        return self.raw_dir / "interactions.parquet"
+
+    @property
+    def raw_items(self) -> Path:
+        return self.raw_dir / "items.parquet"
+
+    @property
+    def raw_images(self) -> Path:
+        return self.raw_dir / "images"
+
+    @property
+    def raw_manifest(self) -> Path:
+        return self.raw_dir / "manifest.json"
+
+    @property
+    def sequences_dir(self) -> Path:
+        return self.root / "data" / "sequences"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def validation_report(self) -> Path:
+        return self.reports_dir / "validation" / "raw.json"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.root / "metrics"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.root / "mlflow"
+
+
+def find_project_root(start: Path | None = None) -> Path:
+    """The nearest folder at or above ``start`` (default: cwd) that holds ``dvc.yaml`` and ``params.yaml``."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "dvc.yaml").is_file() and (folder / "params.yaml").is_file():
+            return folder
+    raise FileNotFoundError(f"no MUFASA project (dvc.yaml + params.yaml) at or above {here}")

@@ -1,0 +1,217 @@
+"""MLflow tracking adapter: one parent run per pipeline run, one nested run per stage.
+
+The store defaults to the project's ``mlflow/`` folder (SQLite backend ``mlflow/mlflow.db``, artifacts under
+``mlflow/artifacts``); ``MLFLOW_TRACKING_URI`` overrides it for a shared server. A pipeline run is identified by a
+key (the Dagster run id, or ``MUFASA_PIPELINE_RUN`` for the CLI/DVC path), stored as the tag
+``mufasa.pipeline_run`` on the parent run, so every stage of one pipeline run nests under the same parent even
+when the stages run in separate processes (as under ``dvc repro``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PIPELINE_TAG = "mufasa.pipeline_run"
+STAGE_TAG = "mufasa.stage"
+
+
+def default_tracking_uri(root: Path) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the project's SQLite store in ``mlflow/``."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{(Path(root) / 'mlflow' / 'mlflow.db').resolve()}"
+
+
+def new_pipeline_key() -> str:
+    return os.environ.get("MUFASA_PIPELINE_RUN") or f"cli-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass
+class StageRun:
+    """What a caller gets inside :meth:`Tracker.stage_run`: logs to one run through an explicit client."""
+
+    run_id: str
+    parent_run_id: str
+    experiment_id: str
+    url: str | None
+    tracking_uri: str = ""
+
+    def _client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(self.tracking_uri)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
+        if batch:
+            self._client().log_batch(self.run_id, metrics=batch)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        batch = [Param(k, _short(v)) for k, v in _flatten(params).items()]
+        if batch:
+            self._client().log_batch(self.run_id, params=batch)
+
+    def log_dict(self, obj: dict, artifact_file: str) -> None:
+        self._client().log_dict(self.run_id, obj, artifact_file)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self._client().log_artifact(self.run_id, str(path), artifact_path=artifact_path)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        client = self._client()
+        for k, v in tags.items():
+            client.set_tag(self.run_id, k, str(v))
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _short(v: Any) -> str:
+    text = v if isinstance(v, str) else json.dumps(v, default=str)
+    return text[:6000]  # MLflow caps param values
+
+
+class Tracker:
+    """Opens MLflow runs in the configured store; one instance per process is enough."""
+
+    def __init__(self, tracking_uri: str, experiment: str = "mufasa", artifact_root: Path | None = None):
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.artifact_root = artifact_root
+
+    @classmethod
+    def for_project(cls, root: Path, experiment: str = "mufasa") -> Tracker:
+        uri = default_tracking_uri(root)
+        # Local SQLite store: keep artifacts beside the DB, not in ./mlruns of whatever the cwd is.
+        artifacts = (Path(root) / "mlflow" / "artifacts").resolve() if uri.startswith("sqlite:") else None
+        return cls(uri, experiment, artifacts)
+
+    def _experiment_id(self) -> str:
+        from mlflow import MlflowClient
+
+        if self.tracking_uri.startswith("sqlite:///"):
+            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        client = MlflowClient(self.tracking_uri)
+        exp = client.get_experiment_by_name(self.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        location = self.artifact_root.as_uri() if self.artifact_root is not None else None
+        try:
+            return client.create_experiment(self.experiment, artifact_location=location)
+        except Exception:  # created concurrently by another process
+            exp = client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def _parent_run(self, experiment_id: str, pipeline_key: str) -> str:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(self.tracking_uri)
+        found = client.search_runs(
+            [experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_key}'", max_results=1
+        )
+        if found:
+            return found[0].info.run_id
+        run = client.create_run(
+            experiment_id, run_name=f"pipeline-{pipeline_key}", tags={PIPELINE_TAG: pipeline_key}
+        )
+        return run.info.run_id
+
+    def _url(self, experiment_id: str, run_id: str) -> str | None:
+        base = os.environ.get("MUFASA_MLFLOW_UI_URL", "http://127.0.0.1:5000")
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    @contextmanager
+    def stage_run(self, stage: str, pipeline_key: str, tags: dict[str, str] | None = None) -> Iterator[StageRun]:
+        """A nested MLflow run for ``stage`` under the parent run of ``pipeline_key``.
+
+        The run ends FINISHED, or FAILED with the exception text as a tag when the body raises.
+        """
+        from mlflow import MlflowClient
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        experiment_id = self._experiment_id()
+        parent = self._parent_run(experiment_id, pipeline_key)
+        client = MlflowClient(self.tracking_uri)
+        run = client.create_run(
+            experiment_id,
+            run_name=stage,
+            tags={MLFLOW_PARENT_RUN_ID: parent, PIPELINE_TAG: pipeline_key, STAGE_TAG: stage, **(tags or {})},
+        )
+        handle = StageRun(
+            run.info.run_id, parent, experiment_id, self._url(experiment_id, run.info.run_id), self.tracking_uri
+        )
+        try:
+            yield handle
+        except BaseException as exc:
+            client.set_tag(run.info.run_id, "mufasa.failure", f"{type(exc).__name__}: {exc}"[:5000])
+            client.set_terminated(run.info.run_id, status="FAILED")
+            client.set_tag(parent, "mufasa.failed_stage", stage)
+            raise
+        else:
+            client.set_terminated(run.info.run_id, status="FINISHED")
+
+    def log_stage_result(self, run: StageRun, result) -> None:
+        """Log a :class:`~mufasa.pipeline.stages.StageResult`: params, metrics, info as JSON, artifacts."""
+        run.log_params(result.params)
+        run.log_metrics(result.metrics)
+        if result.info:
+            run.log_dict(json.loads(json.dumps(result.info, default=str)), f"{result.stage}_info.json")
+        for path in result.artifacts:
+            if Path(path).exists():
+                run.log_artifact(Path(path))
+
+
+class NullTracker(Tracker):
+    """Tracks nothing (tests, or ``--no-track``): same interface, no store."""
+
+    def __init__(self) -> None:
+        super().__init__("", "none")
+
+    @contextmanager
+    def stage_run(self, stage: str, pipeline_key: str, tags: dict[str, str] | None = None) -> Iterator[StageRun]:
+        yield _NullRun("", "", "", None)
+
+    def log_stage_result(self, run: StageRun, result) -> None:
+        return None
+
+
+class _NullRun(StageRun):
+    def log_metrics(self, metrics, step=None):  # noqa: D102
+        return None
+
+    def log_params(self, params):  # noqa: D102
+        return None
+
+    def log_dict(self, obj, artifact_file):  # noqa: D102
+        return None
+
+    def log_artifact(self, path, artifact_path=None):  # noqa: D102
+        return None
+
+    def set_tags(self, tags):  # noqa: D102
+        return None

@@ -1,0 +1,1 @@
+"""Dagster definitions for MUFASA: thin assets and checks over ``mufasa.pipeline.stages``."""

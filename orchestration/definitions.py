@@ -1,0 +1,16 @@
+"""Dagster entry point: wires assets, checks, resources, the retrain job and its schedule."""
+
+from dagster import Definitions
+
+from orchestration.defs.assets import ASSETS
+from orchestration.defs.checks import CHECKS
+from orchestration.defs.jobs import retrain_job, retrain_schedule
+from orchestration.defs.resources import DvcResource, MlflowTracking, MufasaProject
+
+defs = Definitions(
+    assets=ASSETS,
+    asset_checks=CHECKS,
+    jobs=[retrain_job],
+    schedules=[retrain_schedule],
+    resources={"project": MufasaProject(), "mlflow": MlflowTracking(), "dvc": DvcResource()},
+)

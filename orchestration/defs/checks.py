@@ -1,0 +1,74 @@
+"""Blocking asset checks: the GX suites of ``data_checks/`` on the stored tables.
+
+A failed check stops every downstream asset of the run. Each check puts its numbers (rows, expectations run,
+failures with example values) in metadata. The raw-table checks run the DVC ``validate`` stage's function, so
+its report is written and recorded in ``dvc.lock`` exactly as ``dvc repro`` would.
+"""
+
+
+from collections.abc import Iterator
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    MetadataValue,
+    asset_check,
+    multi_asset_check,
+)
+
+from data_checks import SuiteResult
+from mufasa.pipeline import stages
+from mufasa.pipeline.validation import problems_of
+from orchestration.defs.assets import RAW_INTERACTIONS, RAW_ITEMS, USER_SEQUENCES
+from orchestration.defs.resources import DvcResource, MufasaProject
+
+
+def _result(result: SuiteResult, source, check_name: str, asset_key) -> AssetCheckResult:
+    problems = [str(p) for p in problems_of(result, source)]
+    return AssetCheckResult(
+        asset_key=asset_key,
+        check_name=check_name,
+        passed=result.success,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={
+            "rows": result.n_rows,
+            "expectations": len(result.checks),
+            "failed_expectations": len(result.failures),
+            "problems": MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none"),
+        },
+        description=None if result.success else "; ".join(problems)[:2000],
+    )
+
+
+@multi_asset_check(
+    specs=[
+        AssetCheckSpec("interactions_suite", asset=RAW_INTERACTIONS, blocking=True),
+        AssetCheckSpec("items_suite", asset=RAW_ITEMS, blocking=True),
+    ],
+    name="raw_data_suites",
+)
+def raw_data_suites(
+    context: AssetCheckExecutionContext, project: MufasaProject, dvc: DvcResource
+) -> Iterator[AssetCheckResult]:
+    """GX interactions + items suites on ``data/raw`` (the DVC ``validate`` stage)."""
+    _, results = stages.check_raw(project.params().ingest, project.paths)
+    if all(r.success for r, _ in results.values()):
+        dvc.commit(project.paths.root, "validate")
+    inter, inter_src = results["interactions"]
+    items, items_src = results["items"]
+    yield _result(inter, inter_src, "interactions_suite", RAW_INTERACTIONS)
+    yield _result(items, items_src, "items_suite", RAW_ITEMS)
+
+
+@asset_check(asset=USER_SEQUENCES, name="sequences_suite", blocking=True)
+def sequences_suite(context: AssetCheckExecutionContext, project: MufasaProject) -> AssetCheckResult:
+    """GX sequences suite on the stored split: time order, every event in one split, no leakage."""
+    from mufasa.data.readers import TableSource
+
+    result = stages.check_sequences(project.paths)
+    return _result(result, TableSource(str(project.paths.sequences_dir), "parquet"), "sequences_suite", USER_SEQUENCES)
+
+
+CHECKS = [raw_data_suites, sequences_suite]

@@ -1,0 +1,51 @@
+"""Shared fixtures: small synthetic projects in temp folders, so tests never touch the repo's data/ or mlflow/."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mufasa.pipeline.params import parse_params
+from mufasa.pipeline.paths import ProjectPaths
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough for a test (well under a second to generate), big enough to have structure.
+SMALL_SYNTHETIC = {
+    "n_users": 40,
+    "n_items": 60,
+    "n_genres": 3,
+    "clusters_per_genre": 2,
+    "min_events": 10,
+    "max_events": 40,
+    "seed": 0,
+}
+
+
+def synthetic_params_dict(**overrides) -> dict:
+    raw = {"ingest": {"source": "synthetic", "synthetic": dict(SMALL_SYNTHETIC)}, "sequences": {"min_events": 3}}
+    for key, value in overrides.items():
+        raw[key] = value
+    return raw
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> ProjectPaths:
+    """A temp project root holding params.yaml (small synthetic source) and dvc.yaml."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(synthetic_params_dict()))
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    (tmp_path / "data" / "input").mkdir(parents=True)
+    return ProjectPaths(tmp_path)
+
+
+@pytest.fixture
+def small_params():
+    return parse_params(synthetic_params_dict())
+
+
+def write_files_params(root: Path, interactions: str, items: str, **files) -> None:
+    raw = {"ingest": {"source": "files", "files": {"interactions": interactions, "items": items, **files}}}
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
