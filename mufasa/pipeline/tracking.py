@@ -20,6 +20,7 @@ from typing import Any
 
 PIPELINE_TAG = "mufasa.pipeline_run"
 STAGE_TAG = "mufasa.stage"
+ROLE_TAG = "mufasa.role"  # "pipeline" on parent runs, "stage" on nested ones
 
 
 def default_tracking_uri(root: Path) -> str:
@@ -132,12 +133,13 @@ class Tracker:
 
         client = MlflowClient(self.tracking_uri)
         found = client.search_runs(
-            [experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_key}'", max_results=1
+            [experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_key}' and tags.`{ROLE_TAG}` = 'pipeline'",
+            max_results=1,
         )
         if found:
             return found[0].info.run_id
         run = client.create_run(
-            experiment_id, run_name=f"pipeline-{pipeline_key}", tags={PIPELINE_TAG: pipeline_key}
+            experiment_id, run_name=f"pipeline-{pipeline_key}", tags={PIPELINE_TAG: pipeline_key, ROLE_TAG: "pipeline"}
         )
         return run.info.run_id
 
@@ -160,7 +162,13 @@ class Tracker:
         run = client.create_run(
             experiment_id,
             run_name=stage,
-            tags={MLFLOW_PARENT_RUN_ID: parent, PIPELINE_TAG: pipeline_key, STAGE_TAG: stage, **(tags or {})},
+            tags={
+                MLFLOW_PARENT_RUN_ID: parent,
+                PIPELINE_TAG: pipeline_key,
+                ROLE_TAG: "stage",
+                STAGE_TAG: stage,
+                **(tags or {}),
+            },
         )
         handle = StageRun(
             run.info.run_id, parent, experiment_id, self._url(experiment_id, run.info.run_id), self.tracking_uri

@@ -1,0 +1,101 @@
+"""Dagster: the retrain job on synthetic data end to end, bad data stopping it, and the blocking checks."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import yaml
+from dagster import AssetKey, Definitions
+from mlflow import MlflowClient
+
+from mufasa.data.io import write_parquet
+from mufasa.pipeline import stages
+from orchestration import definitions
+from orchestration.defs.resources import DvcResource, MlflowTracking, MufasaProject
+
+RAW_ITEMS, USER_SEQUENCES = AssetKey("raw_items"), AssetKey("user_sequences")
+
+
+def _job(root, tracking_uri=None):
+    d = definitions.defs
+    resources = {
+        "project": MufasaProject(root=str(root)),
+        "mlflow": MlflowTracking(enabled=tracking_uri is not None, tracking_uri=tracking_uri),
+        "dvc": DvcResource(enabled=False),
+    }
+    return Definitions(
+        assets=list(d.assets), asset_checks=list(d.asset_checks), jobs=list(d.jobs), resources=resources
+    ).resolve_job_def("retrain")
+
+
+def _materialized(result) -> set[AssetKey]:
+    return {e.asset_key for e in result.get_asset_materialization_events()}
+
+
+def _checks(result) -> dict[str, bool]:
+    return {
+        e.event_specific_data.check_name: e.event_specific_data.passed
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+
+
+def test_definitions_wire_every_stage_and_check():
+    job = definitions.defs.resolve_job_def("retrain")
+    keys = {k.to_user_string() for k in job.asset_layer.asset_graph.get_all_asset_keys()}
+    assert {"raw_interactions", "raw_items", "user_sequences"} <= keys
+    check_names = {c.name for c in definitions.defs.get_repository_def().asset_graph.asset_check_keys}
+    assert check_names == {"interactions_suite", "items_suite", "sequences_suite"}
+    assert any(s.name == "weekly_retrain" and s.job_name == "retrain" for s in definitions.defs.schedules)
+
+
+def test_retrain_materialises_everything_and_tracks_it(project, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = _job(project.root, uri).execute_in_process(raise_on_error=False)
+    assert result.success
+    assert _materialized(result) == {AssetKey("raw_interactions"), RAW_ITEMS, USER_SEQUENCES}
+    assert _checks(result) == {"interactions_suite": True, "items_suite": True, "sequences_suite": True}
+    seq_meta = next(
+        e.materialization.metadata for e in result.get_asset_materialization_events() if e.asset_key == USER_SEQUENCES
+    )
+    assert seq_meta["dagster/row_count"].value == 40
+    assert "mlflow_run" in seq_meta
+    client = MlflowClient(uri)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("mufasa").experiment_id],
+        filter_string=f"tags.`mufasa.pipeline_run` = '{result.run_id}'",
+    )
+    assert sorted(r.info.run_name for r in runs) == ["ingest", f"pipeline-{result.run_id}", "sequences"]
+
+
+def test_bad_dataset_stops_the_run_and_writes_nothing(project):
+    inp = project.root / "data" / "input"
+    (inp / "interactions.csv").write_text("user_id,item_id,timestamp\n1,1,10\n1,2,11\n1,77,12\n")
+    (inp / "items.csv").write_text("item_id,title\n1,A\n2,B\n")
+    (project.root / "params.yaml").write_text(yaml.safe_dump({"ingest": {"source": "files"}}))
+    result = _job(project.root).execute_in_process(raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "interactions.csv" in str(failure.event_specific_data.error) and "item_id" in str(
+        failure.event_specific_data.error
+    )
+    assert _materialized(result) == set()
+    assert not project.raw_dir.exists() and not project.sequences_dir.exists()
+
+
+def test_blocking_check_stops_downstream_when_stored_data_is_bad(project, monkeypatch):
+    """If ingest ever wrote bad data (a bug, a hand edit), the blocking check must stop user_sequences."""
+    real_ingest = stages.ingest
+
+    def buggy_ingest(cfg, paths):
+        result = real_ingest(cfg, paths)
+        items = pd.read_parquet(paths.raw_items)
+        write_parquet(pd.concat([items, items.head(1)]), paths.raw_items)  # duplicate item id
+        return result
+
+    monkeypatch.setattr(stages, "ingest", buggy_ingest)
+    result = _job(project.root).execute_in_process(raise_on_error=False)
+    assert _checks(result)["items_suite"] is False
+    assert _checks(result)["interactions_suite"] is True
+    assert USER_SEQUENCES not in _materialized(result)
+    assert not project.sequences_dir.exists()
