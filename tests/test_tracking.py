@@ -34,6 +34,7 @@ def test_stages_of_one_pipeline_run_nest_under_one_parent(tracker, project, smal
     assert ingest_run.data.params["source"] == "synthetic"
     assert ingest_run.info.status == "FINISHED"
     assert other.parent_run_id != parent1.info.run_id
+    assert parent1.info.status == "FINISHED"
 
 
 def test_a_failing_stage_marks_its_run_failed_with_the_reason(tracker):
@@ -44,7 +45,8 @@ def test_a_failing_stage_marks_its_run_failed_with_the_reason(tracker):
     failed = client.get_run(run.run_id)
     assert failed.info.status == "FAILED"
     assert "out of memory" in failed.data.tags["mufasa.failure"]
-    assert client.get_run(run.parent_run_id).data.tags["mufasa.failed_stage"] == "train"
+    parent = client.get_run(run.parent_run_id)
+    assert parent.data.tags["mufasa.failed_stage"] == "train" and parent.info.status == "FAILED"
 
 
 def test_project_default_store_is_sqlite_in_mlflow_folder(tmp_path, monkeypatch):

@@ -101,14 +101,14 @@ class Tracker:
     def __init__(self, tracking_uri: str, experiment: str = "mufasa", artifact_root: Path | None = None):
         self.tracking_uri = tracking_uri
         self.experiment = experiment
+        if artifact_root is None and tracking_uri.startswith("sqlite:///"):
+            # Local SQLite store: artifacts beside the DB, never in ./mlruns of whatever the cwd happens to be.
+            artifact_root = Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "artifacts"
         self.artifact_root = artifact_root
 
     @classmethod
     def for_project(cls, root: Path, experiment: str = "mufasa") -> Tracker:
-        uri = default_tracking_uri(root)
-        # Local SQLite store: keep artifacts beside the DB, not in ./mlruns of whatever the cwd is.
-        artifacts = (Path(root) / "mlflow" / "artifacts").resolve() if uri.startswith("sqlite:") else None
-        return cls(uri, experiment, artifacts)
+        return cls(default_tracking_uri(root), experiment)
 
     def _experiment_id(self) -> str:
         from mlflow import MlflowClient
@@ -179,9 +179,13 @@ class Tracker:
             client.set_tag(run.info.run_id, "mufasa.failure", f"{type(exc).__name__}: {exc}"[:5000])
             client.set_terminated(run.info.run_id, status="FAILED")
             client.set_tag(parent, "mufasa.failed_stage", stage)
+            client.set_terminated(parent, status="FAILED")
             raise
         else:
             client.set_terminated(run.info.run_id, status="FINISHED")
+            # The parent reflects the latest stage: a later failure turns it FAILED again.
+            if client.get_run(parent).data.tags.get("mufasa.failed_stage") is None:
+                client.set_terminated(parent, status="FINISHED")
 
     def log_stage_result(self, run: StageRun, result) -> None:
         """Log a :class:`~mufasa.pipeline.stages.StageResult`: params, metrics, info as JSON, artifacts."""

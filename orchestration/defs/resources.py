@@ -13,7 +13,7 @@ from dagster import ConfigurableResource
 from mufasa.config import Params
 from mufasa.pipeline.params import load_params
 from mufasa.pipeline.paths import ProjectPaths
-from mufasa.pipeline.tracking import NullTracker, Tracker, default_tracking_uri
+from mufasa.pipeline.tracking import NullTracker, Tracker
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,9 +48,7 @@ class MlflowTracking(ConfigurableResource):
         experiment = self.experiment or project.params().tracking.experiment
         if self.tracking_uri:
             return Tracker(self.tracking_uri, experiment)
-        tracker = Tracker.for_project(project.paths.root, experiment)
-        tracker.tracking_uri = default_tracking_uri(project.paths.root)
-        return tracker
+        return Tracker.for_project(project.paths.root, experiment)
 
 
 class DvcResource(ConfigurableResource):
