@@ -7,12 +7,13 @@ path validates the same way.
 """
 
 from data_checks.runner import CheckResult, SuiteResult, run_suite
-from data_checks.suites import SUITES, interactions_suite, items_suite, sequences_suite
+from data_checks.suites import SUITES, features_suite, interactions_suite, items_suite, sequences_suite
 
 __all__ = [
     "SUITES",
     "CheckResult",
     "SuiteResult",
+    "features_suite",
     "interactions_suite",
     "items_suite",
     "run_suite",

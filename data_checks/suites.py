@@ -125,8 +125,49 @@ def sequences_suite(*, item_ids: Iterable[int] | None = None) -> gx.ExpectationS
     return suite
 
 
+def features_suite(*, n_items: int, min_image_coverage: float = 0.0) -> gx.ExpectationSuite:
+    """Item features, checked on their per-item summary (``mufasa.pipeline.features.feature_summary``).
+
+    One row per item, no NaN/inf in any modality, unit-norm title embeddings, an image mask that agrees with
+    the image features, and image coverage at least ``min_image_coverage``.
+    """
+    context()
+    suite = gx.ExpectationSuite(name="features")
+    suite.add_expectation(
+        gxe.ExpectTableRowCountToEqual(value=int(n_items), description="feature rows do not match the item count")
+    )
+    suite.add_expectation(gxe.ExpectColumnValuesToBeUnique(column="item_id", description="duplicate item id"))
+    suite.add_expectation(
+        gxe.ExpectColumnValuesToBeBetween(
+            column="n_nonfinite", min_value=0, max_value=0, description="NaN or inf in an item's features"
+        )
+    )
+    suite.add_expectation(
+        gxe.ExpectColumnValuesToBeBetween(
+            column="text_norm", min_value=0.999, max_value=1.001, description="title embedding is not unit-norm"
+        )
+    )
+    suite.add_expectation(
+        gxe.ExpectColumnValuesToBeInSet(
+            column="image_mask_consistent",
+            value_set=[True],
+            description="image mask disagrees with the features (masked-in zero vector or masked-out data)",
+        )
+    )
+    suite.add_expectation(
+        gxe.ExpectColumnMeanToBeBetween(
+            column="has_image",
+            min_value=float(min_image_coverage),
+            max_value=1.0,
+            description=f"image coverage below features.min_image_coverage={min_image_coverage}",
+        )
+    )
+    return suite
+
+
 SUITES: dict[str, Callable[..., gx.ExpectationSuite]] = {
     "interactions": interactions_suite,
     "items": items_suite,
     "sequences": sequences_suite,
+    "features": features_suite,
 }

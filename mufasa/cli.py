@@ -16,6 +16,7 @@ class StageName(str, Enum):
     ingest = "ingest"
     validate = "validate"
     sequences = "sequences"
+    features = "features"
 
 
 @app.command()

@@ -26,6 +26,8 @@ class FilesSource:
     # file column name -> canonical name, e.g. {userId: user_id}; applied to both files
     rename: dict[str, str] = Field(default_factory=dict)
     image_root: str | None = "data/input/images"  # items' image_path is relative to this folder
+    # optional knowledge-graph facts about items: columns item_id, relation, entity
+    entities: str | None = None
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -61,6 +63,22 @@ class SequencesConfig:
 
 
 @dataclass(frozen=True, config=_STRICT)
+class FeaturesConfig:
+    """Frozen modality encoders run once per catalogue (``mufasa.encoders``)."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present, else CPU
+    text_batch_size: int = Field(default=256, ge=1)  # MiniLM is small: 256 titles fit any device
+    image_batch_size: int = Field(default=64, ge=1)  # 64 x 3x224x224 fp32 = 38 MB of input per batch
+    entity_dim: int = Field(default=64, ge=1)  # KG bag-of-entities -> TF-IDF -> SVD to this width
+    entity_min_items: int = Field(default=2, ge=1)  # an entity on a single item adds no item-item signal
+    seed: int = 0
+    # The run fails if fewer items than this share have an encoded image. 0: images are optional
+    # (ML-100k has none); raise it for catalogues where every item should have one.
+    min_image_coverage: float = Field(default=0.0, ge=0.0, le=1.0)
+    progress: bool = True  # tqdm bars on stderr
+
+
+@dataclass(frozen=True, config=_STRICT)
 class TrackingConfig:
     experiment: str = "mufasa"
 
@@ -71,4 +89,5 @@ class Params:
 
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     sequences: SequencesConfig = Field(default_factory=SequencesConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

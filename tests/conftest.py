@@ -30,6 +30,7 @@ def synthetic_params_dict(**overrides) -> dict:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["ingest"]["source"] = "synthetic"
     raw["ingest"]["synthetic"].update(SMALL_SYNTHETIC)
+    raw["features"]["progress"] = False
     for key, value in overrides.items():
         raw[key] = value
     return raw

@@ -14,6 +14,7 @@ from orchestration import definitions
 from orchestration.defs.resources import DvcResource, MlflowTracking, MufasaProject
 
 RAW_ITEMS, USER_SEQUENCES = AssetKey("raw_items"), AssetKey("user_sequences")
+ITEM_FEATURES = AssetKey("item_features")
 
 
 def _job(root, tracking_uri=None):
@@ -43,9 +44,9 @@ def _checks(result) -> dict[str, bool]:
 def test_definitions_wire_every_stage_and_check():
     job = definitions.defs.resolve_job_def("retrain")
     keys = {k.to_user_string() for k in job.asset_layer.asset_graph.get_all_asset_keys()}
-    assert {"raw_interactions", "raw_items", "user_sequences"} <= keys
+    assert {"raw_interactions", "raw_items", "user_sequences", "item_features"} <= keys
     check_names = {c.name for c in definitions.defs.get_repository_def().asset_graph.asset_check_keys}
-    assert check_names == {"interactions_suite", "items_suite", "sequences_suite"}
+    assert check_names == {"interactions_suite", "items_suite", "sequences_suite", "features_suite"}
     assert any(s.name == "weekly_retrain" and s.job_name == "retrain" for s in definitions.defs.schedules)
 
 
@@ -53,8 +54,13 @@ def test_retrain_materialises_everything_and_tracks_it(project, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = _job(project.root, uri).execute_in_process(raise_on_error=False)
     assert result.success
-    assert _materialized(result) == {AssetKey("raw_interactions"), RAW_ITEMS, USER_SEQUENCES}
-    assert _checks(result) == {"interactions_suite": True, "items_suite": True, "sequences_suite": True}
+    assert _materialized(result) == {AssetKey("raw_interactions"), RAW_ITEMS, USER_SEQUENCES, ITEM_FEATURES}
+    assert _checks(result) == {
+        "interactions_suite": True,
+        "items_suite": True,
+        "sequences_suite": True,
+        "features_suite": True,
+    }
     seq_meta = next(
         e.materialization.metadata for e in result.get_asset_materialization_events() if e.asset_key == USER_SEQUENCES
     )
@@ -65,7 +71,16 @@ def test_retrain_materialises_everything_and_tracks_it(project, tmp_path):
         [client.get_experiment_by_name("mufasa").experiment_id],
         filter_string=f"tags.`mufasa.pipeline_run` = '{result.run_id}'",
     )
-    assert sorted(r.info.run_name for r in runs) == ["ingest", f"pipeline-{result.run_id}", "sequences"]
+    assert sorted(r.info.run_name for r in runs) == [
+        "features",
+        "ingest",
+        f"pipeline-{result.run_id}",
+        "sequences",
+    ]
+    feat_meta = next(
+        e.materialization.metadata for e in result.get_asset_materialization_events() if e.asset_key == ITEM_FEATURES
+    )
+    assert feat_meta["coverage_image"].value == 1.0  # synthetic items all have generated images
 
 
 def test_bad_dataset_stops_the_run_and_writes_nothing(project):
@@ -97,5 +112,5 @@ def test_blocking_check_stops_downstream_when_stored_data_is_bad(project, monkey
     result = _job(project.root).execute_in_process(raise_on_error=False)
     assert _checks(result)["items_suite"] is False
     assert _checks(result)["interactions_suite"] is True
-    assert USER_SEQUENCES not in _materialized(result)
-    assert not project.sequences_dir.exists()
+    assert USER_SEQUENCES not in _materialized(result) and ITEM_FEATURES not in _materialized(result)
+    assert not project.sequences_dir.exists() and not project.features_dir.exists()

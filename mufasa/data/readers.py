@@ -272,3 +272,19 @@ def read_items(
     if problems:
         raise DataValidationError(problems)
     return out, source
+
+
+def read_entities(
+    path: Path, *, rename: dict[str, str] | None = None, sep: str | None = None, encoding: str = "utf-8"
+) -> pd.DataFrame:
+    """Read knowledge-graph facts about items: ``item_id`` (integer), ``relation``, ``entity`` (text)."""
+    df, source = read_raw_table(
+        path, required=("item_id", "relation", "entity"), optional=(), rename=rename, sep=sep, encoding=encoding
+    )
+    problems: list[Problem] = []
+    item_id = parse_int_column(df, "item_id", source, problems)
+    if problems:
+        raise DataValidationError(problems)
+    return pd.DataFrame(
+        {"item_id": item_id, "relation": df["relation"].astype("string"), "entity": df["entity"].astype("string")}
+    )

@@ -133,7 +133,8 @@ def entity_features(
     have tokens -> ``TruncatedSVD(algorithm="arpack", random_state=seed)`` -> L2-normalised rows.
 
     ``mask[i]`` is False (and the row all zeros) when item i has no kept token: no triples, only unshared
-    entities, or triples for ids not in ``item_ids`` (those are ignored). When the token vocabulary or the
+    entities, or triples for ids not in ``item_ids`` (those are ignored; if *no* triple matches, that is a
+    ``ValueError``: a dtype mismatch, not a catalogue without entities). When the token vocabulary or the
     number of items with tokens is too small for ``dim`` SVD components, fewer are computed and the rest of
     the columns stay zero (cosine similarities are unaffected); with at most ``dim`` tokens the TF-IDF rows are
     used as they are (no SVD needed: nothing to compress). Deterministic: sorted vocabulary, seeded ARPACK
@@ -156,6 +157,11 @@ def entity_features(
     clean = triples.dropna(subset=["item_id", "relation", "entity"])
     rows = index.get_indexer(clean["item_id"])
     known = rows >= 0
+    if len(clean) and not known.any():  # almost always ids of different dtypes (e.g. "50" vs 50)
+        raise ValueError(
+            f"no triple's item_id matches item_ids (triples: {clean['item_id'].dtype}, items: {index.dtype}); "
+            "convert both to the same type"
+        )
     facts = pd.DataFrame({"row": rows[known], "token": entity_tokens(clean[known]).to_numpy()}).drop_duplicates()
     if facts.empty:
         return features, mask

@@ -38,6 +38,14 @@ class ProjectPaths:
         return self.raw_dir / "manifest.json"
 
     @property
+    def raw_entities(self) -> Path:
+        return self.raw_dir / "item_entities.parquet"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.root / "data" / "features"
+
+    @property
     def sequences_dir(self) -> Path:
         return self.root / "data" / "sequences"
 

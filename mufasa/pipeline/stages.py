@@ -20,8 +20,8 @@ import pandas as pd
 from mufasa.config import IngestConfig, SequencesConfig
 from mufasa.data import sequences as seq
 from mufasa.data.io import atomic_path, tree_md5, write_json, write_parquet
-from mufasa.data.movielens import load_ml100k
-from mufasa.data.readers import TableSource, read_interactions, read_items
+from mufasa.data.movielens import load_ml100k, load_ml100k_kg
+from mufasa.data.readers import TableSource, read_entities, read_interactions, read_items
 from data_checks import SuiteResult
 from mufasa.pipeline import validation
 from mufasa.pipeline.paths import ProjectPaths
@@ -47,6 +47,7 @@ class LoadedSource:
     sources: dict[str, TableSource]
     description: str
     image_root: Path | None = None  # where items' image_path resolves, if the source has images
+    entities: pd.DataFrame | None = None  # knowledge-graph facts: item_id, relation, entity
     render_images: Any = None  # callable(folder) that writes generated images (synthetic source)
 
 
@@ -54,7 +55,9 @@ def load_source(cfg: IngestConfig, root: Path) -> LoadedSource:
     """Read the configured source into canonical frames (types parsed; values not yet checked)."""
     if cfg.source == "movielens-100k":
         interactions, items, sources = load_ml100k()
-        return LoadedSource(interactions, items, sources, "MovieLens-100k (recbole 1.2.1 wheel)")
+        return LoadedSource(
+            interactions, items, sources, "MovieLens-100k (recbole 1.2.1 wheel)", entities=load_ml100k_kg()
+        )
     if cfg.source == "synthetic":
         from mufasa.data import synthetic
 
@@ -82,6 +85,12 @@ def load_source(cfg: IngestConfig, root: Path) -> LoadedSource:
         items, items_src = read_items(items_path, **kwargs)
     except validation.DataValidationError as exc:
         errors.extend(exc.problems)
+    entities = None
+    if files.entities:
+        try:
+            entities = read_entities(root / files.entities, **kwargs)
+        except validation.DataValidationError as exc:
+            errors.extend(exc.problems)
     if errors:
         raise validation.DataValidationError(errors)
     image_root = (root / files.image_root) if files.image_root else None
@@ -91,6 +100,7 @@ def load_source(cfg: IngestConfig, root: Path) -> LoadedSource:
         {"interactions": inter_src, "items": items_src},
         f"files ({files.interactions}, {files.items})",
         image_root=image_root,
+        entities=entities,
     )
 
 
@@ -134,9 +144,14 @@ def ingest(cfg: IngestConfig, paths: ProjectPaths) -> StageResult:
         tmp_images.mkdir()
         n_images = src.render_images(tmp_images) if src.render_images is not None else 0
     image_root = paths.raw_images if src.render_images is not None else src.image_root
+    entities = src.entities if src.entities is not None else pd.DataFrame(
+        {"item_id": pd.Series(dtype="int64"), "relation": pd.Series(dtype="string"), "entity": pd.Series(dtype="string")}
+    )
+    write_parquet(entities.reset_index(drop=True), paths.raw_entities)
     write_parquet(items, paths.raw_items)
     write_parquet(interactions, paths.raw_interactions)
     stats = interaction_stats(interactions, items)
+    stats["n_entity_facts"] = float(len(entities))
     manifest = {
         "source": cfg.source,
         "description": src.description,
@@ -149,6 +164,7 @@ def ingest(cfg: IngestConfig, paths: ProjectPaths) -> StageResult:
         "interactions": paths.raw_interactions,
         "items": paths.raw_items,
         "images": paths.raw_images,
+        "entities": paths.raw_entities,
         "manifest": paths.raw_manifest,
     }
     info = dict(manifest, hashes={k: tree_md5(v) for k, v in outputs.items()})
@@ -244,7 +260,27 @@ def check_sequences(paths: ProjectPaths) -> SuiteResult:
     return validation.check_sequences(seq.split_summary(split, interactions), item_ids=items["item_id"])
 
 
-STAGES = ("ingest", "validate", "sequences")
+def features(cfg, paths: ProjectPaths) -> StageResult:
+    """Modality features for every item (see :mod:`mufasa.pipeline.features`)."""
+    from mufasa.pipeline.features import extract_features
+
+    return extract_features(cfg, paths)
+
+
+def check_features(paths: ProjectPaths, min_image_coverage: float = 0.0) -> SuiteResult:
+    """Run the features suite on the stored feature files."""
+    from mufasa.pipeline.features import feature_summary, read_features
+
+    f = read_features(paths.features_dir)
+    index = f["index"]
+    summary = feature_summary(
+        index["item_id"].to_numpy(), f["text"], f["image"], index["has_image"].to_numpy(), f["side"]
+    )
+    n_items = len(pd.read_parquet(paths.raw_items, columns=["item_id"]))
+    return validation.check_features(summary, n_items=n_items, min_image_coverage=min_image_coverage)
+
+
+STAGES = ("ingest", "validate", "sequences", "features")
 
 
 def run_stage(name: str, params, paths: ProjectPaths) -> StageResult:
@@ -255,10 +291,12 @@ def run_stage(name: str, params, paths: ProjectPaths) -> StageResult:
         return validate(params.ingest, paths)
     if name == "sequences":
         return sequences(params.sequences, paths)
+    if name == "features":
+        return features(params.features, paths)
     raise ValueError(f"unknown stage {name!r}; known: {', '.join(STAGES)}")
 
 
 def clean_outputs(paths: ProjectPaths) -> None:
     """Remove every stage output (used by tests and `mufasa clean`)."""
-    for folder in (paths.raw_dir, paths.sequences_dir, paths.reports_dir, paths.metrics_dir):
+    for folder in (paths.raw_dir, paths.sequences_dir, paths.features_dir, paths.reports_dir, paths.metrics_dir):
         shutil.rmtree(folder, ignore_errors=True)

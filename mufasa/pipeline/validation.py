@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from data_checks import SuiteResult, interactions_suite, items_suite, run_suite, sequences_suite
+from data_checks import SuiteResult, features_suite, interactions_suite, items_suite, run_suite, sequences_suite
 from mufasa.data.readers import TableSource
 from mufasa.data.schema import DataValidationError, Problem
 
@@ -28,6 +28,10 @@ def check_interactions(interactions: pd.DataFrame, *, now: int, item_ids: Iterab
 
 def check_sequences(summary: pd.DataFrame, *, item_ids: Iterable[int] | None) -> SuiteResult:
     return run_suite(summary, sequences_suite(item_ids=item_ids))
+
+
+def check_features(summary: pd.DataFrame, *, n_items: int, min_image_coverage: float) -> SuiteResult:
+    return run_suite(summary, features_suite(n_items=n_items, min_image_coverage=min_image_coverage))
 
 
 def problems_of(result: SuiteResult, source: TableSource) -> list[Problem]:

@@ -24,6 +24,7 @@ from orchestration.defs.resources import DvcResource, MlflowTracking, MufasaProj
 RAW_INTERACTIONS = AssetKey("raw_interactions")
 RAW_ITEMS = AssetKey("raw_items")
 USER_SEQUENCES = AssetKey("user_sequences")
+ITEM_FEATURES = AssetKey("item_features")
 
 
 def _run_stage(
@@ -104,4 +105,28 @@ def user_sequences(
     )
 
 
-ASSETS = [ingest, user_sequences]
+@asset(key=ITEM_FEATURES, deps=[RAW_ITEMS], group_name="features")
+def item_features(
+    context: AssetExecutionContext, project: MufasaProject, mlflow: MlflowTracking, dvc: DvcResource
+) -> MaterializeResult:
+    """Per-item title (MiniLM), image (EfficientNet-Lite0) and side-information features (``data/features/``)."""
+    result, meta = _run_stage(context, "features", project, mlflow, dvc)
+    images = result.info["images"]
+    problems = "\n".join(f"- {p}" for p in images["problems"]) or "none"
+    return MaterializeResult(
+        metadata={
+            **meta,
+            "dagster/row_count": int(result.metrics["n_items"]),
+            "device": MetadataValue.text(result.info["device"]),
+            "coverage_image": float(result.metrics["coverage_image"]),
+            "coverage_entities": float(result.metrics["coverage_entities"]),
+            "images_corrupt": int(images["corrupt"]),
+            "images_rejected": int(images["rejected"]),
+            "image_problems": MetadataValue.md(problems),
+            "md5_text": MetadataValue.text(file_md5(result.outputs["text"])),
+            "md5_image": MetadataValue.text(file_md5(result.outputs["image"])),
+        }
+    )
+
+
+ASSETS = [ingest, user_sequences, item_features]

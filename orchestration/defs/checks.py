@@ -21,7 +21,7 @@ from dagster import (
 from data_checks import SuiteResult
 from mufasa.pipeline import stages
 from mufasa.pipeline.validation import problems_of
-from orchestration.defs.assets import RAW_INTERACTIONS, RAW_ITEMS, USER_SEQUENCES
+from orchestration.defs.assets import ITEM_FEATURES, RAW_INTERACTIONS, RAW_ITEMS, USER_SEQUENCES
 from orchestration.defs.resources import DvcResource, MufasaProject
 
 
@@ -71,4 +71,14 @@ def sequences_suite(context: AssetCheckExecutionContext, project: MufasaProject)
     return _result(result, TableSource(str(project.paths.sequences_dir), "parquet"), "sequences_suite", USER_SEQUENCES)
 
 
-CHECKS = [raw_data_suites, sequences_suite]
+@asset_check(asset=ITEM_FEATURES, name="features_suite", blocking=True)
+def features_suite(context: AssetCheckExecutionContext, project: MufasaProject) -> AssetCheckResult:
+    """GX features suite on the stored features: one row per item, finite, unit titles, mask agreement."""
+    from mufasa.data.readers import TableSource
+
+    coverage = project.params().features.min_image_coverage
+    result = stages.check_features(project.paths, min_image_coverage=coverage)
+    return _result(result, TableSource(str(project.paths.features_dir), "parquet"), "features_suite", ITEM_FEATURES)
+
+
+CHECKS = [raw_data_suites, sequences_suite, features_suite]
