@@ -1,0 +1,1 @@
+"""Models: the multimodal fusion layer (MFL), SAL's sparse attention and the SAL user encoder."""
