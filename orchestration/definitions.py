@@ -6,11 +6,13 @@ from orchestration.defs.assets import ASSETS
 from orchestration.defs.checks import CHECKS
 from orchestration.defs.jobs import retrain_job, retrain_schedule
 from orchestration.defs.resources import DvcResource, MlflowTracking, MufasaProject
+from orchestration.defs.sensors import SENSORS
 
 defs = Definitions(
     assets=ASSETS,
     asset_checks=CHECKS,
     jobs=[retrain_job],
     schedules=[retrain_schedule],
+    sensors=SENSORS,
     resources={"project": MufasaProject(), "mlflow": MlflowTracking(), "dvc": DvcResource()},
 )

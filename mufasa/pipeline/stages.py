@@ -24,6 +24,7 @@ from mufasa.data.movielens import load_ml100k, load_ml100k_kg
 from mufasa.data.readers import TableSource, read_entities, read_interactions, read_items
 from data_checks import SuiteResult
 from mufasa.pipeline import validation
+from mufasa.pipeline.fingerprint import source_fingerprint
 from mufasa.pipeline.paths import ProjectPaths
 
 
@@ -157,6 +158,7 @@ def ingest(cfg: IngestConfig, paths: ProjectPaths) -> StageResult:
         "description": src.description,
         "image_root": _relative(image_root, paths.root) if image_root is not None else None,
         "n_generated_images": n_images,
+        "source_fingerprint": source_fingerprint(cfg, paths.root),
         "files": {k: _portable(v.path, paths.root) for k, v in src.sources.items()},
     }
     write_json(manifest, paths.raw_manifest)

@@ -187,6 +187,17 @@ class Tracker:
             if client.get_run(parent).data.tags.get("mufasa.failed_stage") is None:
                 client.set_terminated(parent, status="FINISHED")
 
+    def record_pipeline_failure(self, pipeline_key: str, reason: str) -> str:
+        """Mark the parent run of ``pipeline_key`` FAILED with ``reason`` (created if no stage ever started)."""
+        from mlflow import MlflowClient
+
+        experiment_id = self._experiment_id()
+        parent = self._parent_run(experiment_id, pipeline_key)
+        client = MlflowClient(self.tracking_uri)
+        client.set_tag(parent, "mufasa.failure", reason[:5000])
+        client.set_terminated(parent, status="FAILED")
+        return parent
+
     def log_stage_result(self, run: StageRun, result) -> None:
         """Log a :class:`~mufasa.pipeline.stages.StageResult`: params, metrics, info as JSON, artifacts."""
         run.log_params(result.params)
@@ -210,6 +221,9 @@ class NullTracker(Tracker):
 
     def log_stage_result(self, run: StageRun, result) -> None:
         return None
+
+    def record_pipeline_failure(self, pipeline_key: str, reason: str) -> str:
+        return ""
 
 
 class _NullRun(StageRun):
