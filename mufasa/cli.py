@@ -17,6 +17,10 @@ class StageName(str, Enum):
     validate = "validate"
     sequences = "sequences"
     features = "features"
+    train_mfl = "train_mfl"
+    train_sal = "train_sal"
+    evaluate = "evaluate"
+    gate = "gate"
 
 
 @app.command()
@@ -42,11 +46,28 @@ def stage(
     tracker = Tracker.for_project(paths.root, params.tracking.experiment) if track else NullTracker()
     try:
         with tracker.stage_run(name.value, new_pipeline_key()) as run:
-            result = run_stage(name.value, params, paths)
+            result = run_stage(
+                name.value,
+                params,
+                paths,
+                on_metrics=lambda step, m: run.log_metrics(m, step=step),
+                stage_run=run if track else None,
+            )
             tracker.log_stage_result(run, result)
     except (DataValidationError, FileNotFoundError) as exc:
         typer.secho(f"error: stage '{name.value}' rejected its input; nothing was written.\n{exc}", fg="red", err=True)
         raise typer.Exit(2) from exc
+    if name.value == "gate":
+        info = result.info
+        typer.echo(f"gate: {info['model']} version {info['version']} {info['decision']}")
+        for reason in info["reasons"]:
+            typer.echo(f"  - {reason}")
+        if not info["passed"]:
+            typer.secho(
+                f"error: promotion refused; champion stays at version {info['previous_champion']}", fg="red", err=True
+            )
+            raise typer.Exit(3)
+        return
     summary = {k: round(v, 4) for k, v in result.metrics.items()}
     typer.echo(f"{name.value}: ok {json.dumps(summary)}")
 
@@ -72,6 +93,96 @@ def synth(
     written = synthetic.write_files(data, out, fmt=fmt, config=cfg if images else None)
     for name, path in written.items():
         typer.echo(f"{name}: {path}")
+
+
+def _project(root: Path | None):
+    from mufasa.pipeline.params import load_params
+    from mufasa.pipeline.paths import ProjectPaths, find_project_root
+
+    paths = ProjectPaths(root or find_project_root())
+    return paths, load_params(paths.params)
+
+
+@app.command()
+def report(root: Path = typer.Option(None, help="Project root.")) -> None:
+    """Print the evaluation table (test split, all baselines and ablations) and the last gate decision."""
+    from mufasa.evaluation.report import metrics_table
+
+    paths, _ = _project(root)
+    eval_path = paths.metrics_dir / "eval.json"
+    if not eval_path.is_file():
+        typer.secho(f"error: {eval_path} not found: run the pipeline (make run) first", fg="red", err=True)
+        raise typer.Exit(2)
+    payload = json.loads(eval_path.read_text())
+    protocol = payload.get("protocol", {})
+    typer.echo(metrics_table(payload["models"], title=f"Test split, full ranking, {protocol}"))
+    gate_path = paths.metrics_dir / "gate.json"
+    if gate_path.is_file():
+        gate = json.loads(gate_path.read_text())
+        typer.echo(f"gate: version {gate['version']} {gate['decision']}; champion = version {gate['champion']}")
+        for reason in gate["reasons"]:
+            typer.echo(f"  - {reason}")
+
+
+@app.command()
+def promote(
+    version: str = typer.Option(..., help="Model version to make champion (rollback or manual promotion)."),
+    root: Path = typer.Option(None, help="Project root."),
+) -> None:
+    """Move the `champion` alias of the registered model to VERSION (the decision is tagged on it)."""
+    from mlflow.exceptions import MlflowException
+
+    from mufasa.pipeline.registry import promote as move
+    from mufasa.pipeline.tracking import default_tracking_uri
+
+    paths, params = _project(root)
+    uri = default_tracking_uri(paths.root)
+    try:
+        previous = move(uri, params.gate.model_name, version, reason="mufasa promote")
+    except MlflowException as exc:
+        typer.secho(f"error: {params.gate.model_name} version {version}: {exc.message}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"{params.gate.model_name}: champion {previous} -> {version}")
+
+
+@app.command()
+def recommend(
+    user: int = typer.Option(..., help="User id (from the ingested interactions)."),
+    k: int = typer.Option(10, help="How many items."),
+    root: Path = typer.Option(None, help="Project root."),
+    model_uri: str = typer.Option(None, help="Default: models:/<gate.model_name>@champion."),
+) -> None:
+    """Top-k next items for USER from the champion model, with titles."""
+    import numpy as np
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from mufasa.data.sequences import order_events
+    from mufasa.pipeline.registry import load_recommender
+    from mufasa.pipeline.tracking import default_tracking_uri
+
+    paths, params = _project(root)
+    interactions = pd.read_parquet(paths.raw_interactions)
+    mine = interactions[interactions["user_id"] == user]
+    if mine.empty:
+        typer.secho(f"error: user {user} has no events in {paths.raw_interactions}", fg="red", err=True)
+        raise typer.Exit(2)
+    mine = mine.iloc[order_events(mine)]
+    uri = model_uri or f"models:/{params.gate.model_name}@champion"
+    try:
+        rec = load_recommender(default_tracking_uri(paths.root), uri)
+    except MlflowException as exc:
+        typer.secho(f"error: cannot load {uri}: {exc.message}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    known = np.isin(mine["item_id"].to_numpy(), rec.vocab.item_ids)
+    frame = pd.DataFrame(
+        {"item_ids": [mine["item_id"].to_numpy()[known].tolist()], "timestamps": [mine["timestamp"].to_numpy()[known].tolist()]}
+    )
+    out = rec.predict(None, frame, {"k": k})
+    titles = dict(zip(rec.vocab.item_ids.tolist(), rec.titles))
+    typer.echo(f"user {user} ({len(mine)} events), model {uri}:")
+    for rank, (item, score) in enumerate(zip(out["item_ids"][0], out["scores"][0]), start=1):
+        typer.echo(f"{rank:3d}. {titles[item]}  (item {item}, score {score:.3f})")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -7,7 +7,7 @@ The library takes these objects, never raw dicts.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
@@ -79,6 +79,52 @@ class FeaturesConfig:
 
 
 @dataclass(frozen=True, config=_STRICT)
+class TrainMFLConfig:
+    """``train_mfl``: the fusion layer (``mufasa.models.fusion``) and its training (``mufasa.training``).
+
+    ``fusion`` and ``train`` are checked key by key against ``FusionConfig`` / ``MFLTrainConfig`` when the file
+    is parsed (their defaults and the reasons for them live there).
+    """
+
+    enabled: bool = True  # False: no fused vectors; SAL falls back to ID embeddings (the MFL-off ablation)
+    collab_window: int = Field(default=5, ge=1)  # co-occurrence window (events) for the collaborative space
+    fusion: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True, config=_STRICT)
+class TrainSALConfig:
+    """``train_sal``: checked key by key against ``SALConfig`` (``model``) and ``SALTrainConfig`` (``train``)."""
+
+    model: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True, config=_STRICT)
+class EvaluateConfig:
+    """``evaluate``: leave-one-out, full ranking; baselines trained on the same split with the same budget."""
+
+    filter_history: bool = False  # standard LOO protocol ranks every item, history included
+    ks: tuple[int, ...] = (10, 50)
+    # Always run (the gate needs both): most-popular and the SASRec-style dense-attention model.
+    baselines: tuple[Literal["popularity", "sasrec"], ...] = ("popularity", "sasrec")
+    # Ablations of MUFASA: MFL off (ID only), SAL with one branch removed. Cost one SAL training each.
+    ablations: tuple[Literal["mfl_off", "window_only", "no_selection", "no_compression"], ...] = ()
+    batch_size: int = Field(default=512, ge=1)
+
+
+@dataclass(frozen=True, config=_STRICT)
+class GateConfig:
+    """``gate``: promotion thresholds (absolute differences in ``metric`` on the test split)."""
+
+    metric: str = "ndcg@10"
+    min_gain_over_popularity: float = 0.0
+    min_gain_over_dense: float = 0.0
+    max_regression_vs_champion: float = 0.0
+    model_name: str = "mufasa-sal"
+
+
+@dataclass(frozen=True, config=_STRICT)
 class TrackingConfig:
     experiment: str = "mufasa"
 
@@ -90,4 +136,8 @@ class Params:
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     sequences: SequencesConfig = Field(default_factory=SequencesConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    train_mfl: TrainMFLConfig = Field(default_factory=TrainMFLConfig)
+    train_sal: TrainSALConfig = Field(default_factory=TrainSALConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

@@ -15,6 +15,8 @@ from orchestration.defs.resources import DvcResource, MlflowTracking, MufasaProj
 
 RAW_ITEMS, USER_SEQUENCES = AssetKey("raw_items"), AssetKey("user_sequences")
 ITEM_FEATURES = AssetKey("item_features")
+TRAINING = {AssetKey("fusion_model"), AssetKey("fused_item_vectors"), AssetKey("sal_model")}
+EVALUATION = {AssetKey("evaluation_report"), AssetKey("registered_model")}
 
 
 def _job(root, tracking_uri=None):
@@ -44,9 +46,17 @@ def _checks(result) -> dict[str, bool]:
 def test_definitions_wire_every_stage_and_check():
     job = definitions.defs.resolve_job_def("retrain")
     keys = {k.to_user_string() for k in job.asset_layer.asset_graph.get_all_asset_keys()}
-    assert {"raw_interactions", "raw_items", "user_sequences", "item_features"} <= keys
+    assert {"raw_interactions", "raw_items", "user_sequences", "item_features", "fusion_model", "fused_item_vectors",
+            "sal_model", "evaluation_report", "registered_model"} <= keys
     check_names = {c.name for c in definitions.defs.get_repository_def().asset_graph.asset_check_keys}
-    assert check_names == {"interactions_suite", "items_suite", "sequences_suite", "features_suite"}
+    assert check_names == {
+        "interactions_suite",
+        "items_suite",
+        "sequences_suite",
+        "features_suite",
+        "fused_space_not_collapsed",
+        "promotion_gate",
+    }
     assert any(s.name == "weekly_retrain" and s.job_name == "retrain" for s in definitions.defs.schedules)
 
 
@@ -54,12 +64,17 @@ def test_retrain_materialises_everything_and_tracks_it(project, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = _job(project.root, uri).execute_in_process(raise_on_error=False)
     assert result.success
-    assert _materialized(result) == {AssetKey("raw_interactions"), RAW_ITEMS, USER_SEQUENCES, ITEM_FEATURES}
+    assert (
+        _materialized(result)
+        == {AssetKey("raw_interactions"), RAW_ITEMS, USER_SEQUENCES, ITEM_FEATURES} | TRAINING | EVALUATION
+    )
     assert _checks(result) == {
         "interactions_suite": True,
         "items_suite": True,
         "sequences_suite": True,
         "features_suite": True,
+        "fused_space_not_collapsed": True,
+        "promotion_gate": True,
     }
     seq_meta = next(
         e.materialization.metadata for e in result.get_asset_materialization_events() if e.asset_key == USER_SEQUENCES
@@ -71,12 +86,8 @@ def test_retrain_materialises_everything_and_tracks_it(project, tmp_path):
         [client.get_experiment_by_name("mufasa").experiment_id],
         filter_string=f"tags.`mufasa.pipeline_run` = '{result.run_id}'",
     )
-    assert sorted(r.info.run_name for r in runs) == [
-        "features",
-        "ingest",
-        f"pipeline-{result.run_id}",
-        "sequences",
-    ]
+    stages_run = ["evaluate", "features", "gate", "ingest", "sequences", "train_mfl", "train_sal"]
+    assert sorted(r.info.run_name for r in runs) == sorted([*stages_run, f"pipeline-{result.run_id}"])
     feat_meta = next(
         e.materialization.metadata for e in result.get_asset_materialization_events() if e.asset_key == ITEM_FEATURES
     )

@@ -56,7 +56,7 @@ class StageRun:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
+        batch = [Metric(metric_key(k), float(v), now, step or 0) for k, v in metrics.items() if v is not None]
         if batch:
             self._client().log_batch(self.run_id, metrics=batch)
 
@@ -77,6 +77,11 @@ class StageRun:
         client = self._client()
         for k, v in tags.items():
             client.set_tag(self.run_id, k, str(v))
+
+
+def metric_key(name: str) -> str:
+    """MLflow metric names allow letters, digits, ``_ - . / : `` and spaces: ``ndcg@10`` -> ``ndcg_at_10``."""
+    return name.replace("@", "_at_")
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

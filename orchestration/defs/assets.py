@@ -25,6 +25,11 @@ RAW_INTERACTIONS = AssetKey("raw_interactions")
 RAW_ITEMS = AssetKey("raw_items")
 USER_SEQUENCES = AssetKey("user_sequences")
 ITEM_FEATURES = AssetKey("item_features")
+FUSION_MODEL = AssetKey("fusion_model")
+FUSED_ITEM_VECTORS = AssetKey("fused_item_vectors")
+SAL_MODEL = AssetKey("sal_model")
+EVALUATION = AssetKey("evaluation_report")
+REGISTERED_MODEL = AssetKey("registered_model")
 
 
 def _run_stage(
@@ -33,13 +38,21 @@ def _run_stage(
     project: MufasaProject,
     mlflow: MlflowTracking,
     dvc: DvcResource,
+    commit: bool = True,
 ) -> tuple[stages.StageResult, dict]:
     params = project.params()
     tracker = mlflow.tracker(project)
     with tracker.stage_run(name, context.run_id, tags={"dagster.run_id": context.run_id}) as run:
-        result = stages.run_stage(name, params, project.paths)
+        result = stages.run_stage(
+            name,
+            params,
+            project.paths,
+            on_metrics=lambda step, m: run.log_metrics(m, step=step),
+            stage_run=run if mlflow.enabled else None,
+        )
         tracker.log_stage_result(run, result)
-    dvc.commit(project.paths.root, name)
+    if commit:
+        dvc.commit(project.paths.root, name)
     meta: dict = {f"metric/{k}": MetadataValue.float(float(v)) for k, v in result.metrics.items()}
     if run.url:
         meta["mlflow_run"] = MetadataValue.url(run.url)
@@ -129,4 +142,87 @@ def item_features(
     )
 
 
-ASSETS = [ingest, user_sequences, item_features]
+@multi_asset(
+    name="train_mfl",
+    specs=[
+        AssetSpec(FUSION_MODEL, deps=[ITEM_FEATURES, USER_SEQUENCES], group_name="training",
+                  description="The multimodal fusion layer (models/mfl/: state dict + config)."),
+        AssetSpec(FUSED_ITEM_VECTORS, deps=[ITEM_FEATURES, USER_SEQUENCES], group_name="training",
+                  description="One fused, title-anchored vector per item (data/fused/items.npy)."),
+    ],
+)
+def train_mfl(
+    context: AssetExecutionContext, project: MufasaProject, mlflow: MlflowTracking, dvc: DvcResource
+) -> Iterator[MaterializeResult]:
+    """Train MFL with its four losses (GPU when present); write fused item vectors and the model."""
+    result, meta = _run_stage(context, "train_mfl", project, mlflow, dvc)
+    m = result.metrics
+    diag = {k.removeprefix("diag_"): MetadataValue.float(float(v)) for k, v in m.items() if k.startswith("diag_")}
+    plots = "".join(f"![{p.stem}]({p.as_posix()})\n" for p in result.artifacts if p.suffix == ".png")
+    yield MaterializeResult(
+        asset_key=FUSION_MODEL,
+        metadata={**meta, "epochs_run": int(m.get("epochs_run", 0)), "plots": MetadataValue.md(plots or "MFL disabled")},
+    )
+    yield MaterializeResult(
+        asset_key=FUSED_ITEM_VECTORS,
+        metadata={**diag, "md5": MetadataValue.text(file_md5(result.outputs["fused"]))},
+    )
+
+
+@asset(key=SAL_MODEL, deps=[USER_SEQUENCES, FUSED_ITEM_VECTORS], group_name="training")
+def sal_model(
+    context: AssetExecutionContext, project: MufasaProject, mlflow: MlflowTracking, dvc: DvcResource
+) -> MaterializeResult:
+    """The SAL user encoder trained on whole sequences (next-item loss at every position), early-stopped on
+    validation NDCG@10 (``models/sal/``)."""
+    result, meta = _run_stage(context, "train_sal", project, mlflow, dvc)
+    best = {k.removeprefix("best_"): MetadataValue.float(float(v)) for k, v in result.metrics.items() if k.startswith("best_")}
+    return MaterializeResult(
+        metadata={**meta, **best, "epochs_run": int(result.metrics["epochs_run"]),
+                  "uses_fused_items": bool(result.info["uses_fused"])}
+    )
+
+
+@asset(key=EVALUATION, deps=[SAL_MODEL], group_name="evaluation")
+def evaluation_report(
+    context: AssetExecutionContext, project: MufasaProject, mlflow: MlflowTracking, dvc: DvcResource
+) -> MaterializeResult:
+    """Full-ranking leave-one-out metrics of MUFASA, its baselines and ablations (``metrics/eval.json``)."""
+    result, meta = _run_stage(context, "evaluate", project, mlflow, dvc)
+    m = result.metrics
+    return MaterializeResult(
+        metadata={
+            **meta,
+            "table": MetadataValue.md(result.info["table"]),
+            "ndcg@10": MetadataValue.float(float(m["mufasa_ndcg@10"])),
+            "hr@10": MetadataValue.float(float(m["mufasa_hr@10"])),
+            "plot": MetadataValue.path(str(result.outputs["plot"])),
+        }
+    )
+
+
+@asset(key=REGISTERED_MODEL, deps=[EVALUATION], group_name="evaluation")
+def registered_model(
+    context: AssetExecutionContext, project: MufasaProject, mlflow: MlflowTracking, dvc: DvcResource
+) -> MaterializeResult:
+    """The SAL recommender registered in MLflow (``challenger``); promoted to ``champion`` if the gate passes.
+
+    A refusal still materialises (the version and its reasons are real); the ``promotion_gate`` check fails.
+    """
+    result, meta = _run_stage(context, "gate", project, mlflow, dvc, commit=False)
+    if result.info["passed"]:
+        dvc.commit(project.paths.root, "gate")
+    info = result.info
+    return MaterializeResult(
+        metadata={
+            **meta,
+            "model": MetadataValue.text(info["model"]),
+            "version": MetadataValue.text(str(info["version"])),
+            "decision": MetadataValue.text(info["decision"]),
+            "champion": MetadataValue.text(str(info["champion"])),
+            "reasons": MetadataValue.md("\n".join(f"- {r}" for r in info["reasons"])),
+        }
+    )
+
+
+ASSETS = [ingest, user_sequences, item_features, train_mfl, sal_model, evaluation_report, registered_model]

@@ -21,7 +21,14 @@ from dagster import (
 from data_checks import SuiteResult
 from mufasa.pipeline import stages
 from mufasa.pipeline.validation import problems_of
-from orchestration.defs.assets import ITEM_FEATURES, RAW_INTERACTIONS, RAW_ITEMS, USER_SEQUENCES
+from orchestration.defs.assets import (
+    FUSED_ITEM_VECTORS,
+    REGISTERED_MODEL,
+    ITEM_FEATURES,
+    RAW_INTERACTIONS,
+    RAW_ITEMS,
+    USER_SEQUENCES,
+)
 from orchestration.defs.resources import DvcResource, MufasaProject
 
 
@@ -81,4 +88,37 @@ def features_suite(context: AssetCheckExecutionContext, project: MufasaProject) 
     return _result(result, TableSource(str(project.paths.features_dir), "parquet"), "features_suite", ITEM_FEATURES)
 
 
-CHECKS = [raw_data_suites, sequences_suite, features_suite]
+@asset_check(asset=FUSED_ITEM_VECTORS, name="fused_space_not_collapsed", blocking=True)
+def fused_space_not_collapsed(context: AssetCheckExecutionContext, project: MufasaProject) -> AssetCheckResult:
+    """The fused space keeps structure: effective rank and title-neighbour overlap well above collapse/chance."""
+    health = stages.fused_space_health(project.paths)
+    return AssetCheckResult(
+        passed=health["passed"],
+        severity=AssetCheckSeverity.ERROR,
+        metadata={k: v for k, v in health.items() if k != "passed" and not isinstance(v, str)},
+        description=health.get("reason"),
+    )
+
+
+@asset_check(asset=REGISTERED_MODEL, name="promotion_gate")
+def promotion_gate(context: AssetCheckExecutionContext, project: MufasaProject) -> AssetCheckResult:
+    """Fails (ERROR) when the gate refused to promote the new version: visible in the UI, never silent."""
+    import json
+
+    path = project.paths.metrics_dir / "gate.json"
+    if not path.is_file():
+        return AssetCheckResult(passed=False, description=f"{path} missing: the gate did not run")
+    gate = json.loads(path.read_text())
+    return AssetCheckResult(
+        passed=bool(gate["passed"]),
+        severity=AssetCheckSeverity.ERROR,
+        metadata={
+            "version": str(gate["version"]),
+            "champion": str(gate["champion"]),
+            "reasons": MetadataValue.md("\n".join(f"- {r}" for r in gate["reasons"])),
+        },
+        description=f"version {gate['version']} {gate['decision']}",
+    )
+
+
+CHECKS = [raw_data_suites, sequences_suite, features_suite, fused_space_not_collapsed, promotion_gate]

@@ -1,0 +1,499 @@
+"""Multi-granularity causal sparse attention: sliding window + compressed blocks + top-k selected blocks.
+
+After Native Sparse Attention (NSA): J. Yuan et al. 2025, "Native Sparse Attention: Hardware-Aligned and Natively
+Trainable Sparse Attention" (arXiv:2502.11089). Every query attends through three branches, per head:
+
+(a) **window**: exact causal attention over the last ``window`` events (itself included);
+(b) **compressed**: attention over one key/value per *complete* block of ``block_size`` events, produced by a
+    learned compression of the block. A block is visible to position t only if it ends at or before t;
+(c) **selected**: the compressed-attention scores pick the ``top_k`` most relevant past blocks, and exact token
+    attention runs inside them;
+
+and a per-head sigmoid gate computed from the query's input combines them: ``o = g_win*o_win + g_cmp*o_cmp +
+g_sel*o_sel``. A disabled branch is neither computed nor gated in.
+
+Cost per query is O(window + L/block_size + top_k*block_size), never O(L): nothing here builds an L x L score
+matrix. On CPU the fast form is *block-structured* (ANCHORS.md: per-query gathers are dominated by
+``aten::gather``): queries are grouped by block and every branch is one call of PyTorch's SDPA (the CPU flash
+kernel: no probability matrix is stored for the backward) on a batch of small problems, one per (row, head,
+query block):
+- window: the query block against its own and the previous ``ceil((window-1)/block_size)`` key blocks (laid side
+  by side by one block-shift op), masked to the exact window;
+- compressed: all queries against the L/block_size block summaries, masked to the complete blocks;
+- selected: the top-k key/value blocks of each query block, gathered as whole contiguous rows (one
+  ``index_select`` per tensor; its backward is one sparse-dense matmul, see :class:`_GatherRows`).
+
+Block layout and padding. Inputs are left-padded (``valid[b, t]`` True for real events, all padding first). Blocks
+are laid out from each row's *first real event*: internally every row is shifted so its first real event starts a
+block, and the tail is padded to a whole number of blocks. Hence (i) the output at a real position depends on
+neither the amount of left padding nor the events after it (a prefix gives the same outputs as the whole
+sequence: what next-item training on whole sequences needs), and (ii) no block mixes padding and real events.
+
+Departures from NSA (marked ``NOTE:`` in the code):
+- blocks for compression and selection coincide and do not overlap (NSA allows a compression stride < block),
+  and they are laid out from each user's first event;
+- selection is shared by the queries of one query block and decided by the last query *before* that block
+  (NSA: per query, shared across a GQA group) — so no query's selection depends on later events;
+- selection candidates are complete blocks strictly before the query's block; the current block is left to the
+  window branch, and NSA's always-on initial/local blocks are not forced in;
+- compression = mean pooling + a zero-initialised MLP correction over the flattened block (NSA: the MLP alone),
+  so training starts from attention over block means.
+
+Branch references: :meth:`MultiGranularitySparseAttention.branch_outputs` returns each branch alone (and the
+q, k, v it used) so tests can compare a branch with :func:`dense_causal_attention` or a masked dense reference.
+The CPU block path is the tested path; there is no separate GPU kernel (a ``flex_attention`` ``BlockMask`` is the
+natural one, see ANCHORS.md).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "BRANCHES",
+    "DenseCausalAttention",
+    "MultiGranularitySparseAttention",
+    "SparseAttentionConfig",
+    "block_layout",
+    "dense_causal_attention",
+]
+
+BRANCHES = ("window", "compressed", "selected")
+
+
+@dataclass(frozen=True)
+class SparseAttentionConfig:
+    """Shape of one sparse attention layer; defaults sized for recommender sequences (hundreds to 16k events)."""
+
+    # Recommender-sized model width: item sequences need far less than LLM widths (ANCHORS shapes).
+    d_model: int = 64
+    # Two heads of 32: enough for a "recent interest" and a "long-range recall" head at this width.
+    n_heads: int = 2
+    # 64 recent events ~ a few sessions of the synthetic data (mean block 12): short-term interest is exact.
+    window: int = 64
+    # 32: a query block of 32 fills CPU matmul tiles while L/32 summaries stay cheap up to 16k events.
+    block_size: int = 32
+    # 4 selected blocks = 128 exact far-past events per query, the same order as the window.
+    top_k: int = 4
+    # Each branch can be switched off for ablations (at least one must stay on).
+    use_window: bool = True
+    use_compressed: bool = True
+    use_selected: bool = True
+    # Dropout on attention probabilities; off by default (the SAL blocks already drop residuals).
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.d_model < 1 or self.n_heads < 1 or self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be a positive multiple of n_heads ({self.n_heads})")
+        if self.window < 1 or self.block_size < 1 or self.top_k < 1:
+            raise ValueError("window, block_size and top_k must be >= 1")
+        if not (self.use_window or self.use_compressed or self.use_selected):
+            raise ValueError("at least one attention branch must be enabled")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout must be in [0, 1)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def enabled(self) -> tuple[bool, bool, bool]:
+        return (self.use_window, self.use_compressed, self.use_selected)
+
+
+# ---- references --------------------------------------------------------------------------------------------
+
+
+def check_left_padded(valid: Tensor, length: int) -> None:
+    """Raise unless ``valid`` is a (B, length) bool mask with all padding before all real events in each row."""
+    if valid.dtype != torch.bool or valid.ndim != 2 or valid.shape[1] != length:
+        raise ValueError(f"valid must be a (B, {length}) bool tensor, got {valid.dtype} {tuple(valid.shape)}")
+    if length > 1 and bool((valid[:, :-1] & ~valid[:, 1:]).any()):
+        raise ValueError("valid must be left-padded: a padding position follows a real event")
+
+
+def dense_causal_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None = None, dropout_p: float = 0.0) -> Tensor:
+    """Dense causal attention (PyTorch SDPA): the reference and the SASRec-style baseline.
+
+    q, k, v: (B, H, L, dh); valid: (B, L) bool, True = real event (left-padded) or None for all real.
+    Returns (B, H, L, dh); padded query positions are zero.
+    """
+    if valid is None or bool(valid.all()):
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    L = q.shape[-2]
+    causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
+    # Padded keys are masked; the diagonal stays on so a padded query row is never empty (it is zeroed below).
+    mask = (causal & valid[:, None, None, :]) | torch.eye(L, dtype=torch.bool, device=q.device)  # (B, 1, L, L)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    return out * valid[:, None, :, None].to(out.dtype)
+
+
+# ---- block layout ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """How a left-padded (B, L) batch maps onto (B, n_blocks * block_size) rows whose real events start a block."""
+
+    length: int  # L, the caller's length
+    n_blocks: int
+    block_size: int
+    valid: Tensor  # (B, Lp) bool in the block layout
+    gather_in: Tensor | None  # (B * Lp,) rows of the (B * (L + 1), C) input with a zero row appended per batch
+    gather_out: Tensor | None  # (B * L,) rows of the (B * (Lp + 1), C) block-layout output, zero row appended
+
+    @property
+    def padded_length(self) -> int:
+        return self.n_blocks * self.block_size
+
+    def to_blocks(self, x: Tensor) -> Tensor:
+        """(B, L, C) -> (B, Lp, C)."""
+        B, L, C = x.shape
+        Lp = self.padded_length
+        if self.gather_in is None:
+            return x if Lp == L else F.pad(x, (0, 0, 0, Lp - L))
+        x = F.pad(x, (0, 0, 0, 1)).reshape(B * (L + 1), C)  # a zero row per batch row, for out-of-range slots
+        return gather_rows(x, self.gather_in).view(B, Lp, C)
+
+    def from_blocks(self, y: Tensor) -> Tensor:
+        """(B, Lp, C) -> (B, L, C); positions without a block-layout source (padding) become zero."""
+        B, Lp, C = y.shape
+        L = self.length
+        if self.gather_out is None:
+            return y if Lp == L else y[:, :L]
+        y = F.pad(y, (0, 0, 0, 1)).reshape(B * (Lp + 1), C)
+        return gather_rows(y, self.gather_out).view(B, L, C)
+
+
+def block_layout(valid: Tensor, block_size: int) -> BlockLayout:
+    """Shift each row left by ``(#padding mod block_size)`` so its first real event starts a block.
+
+    NOTE: NSA cuts blocks from position 0 of a sequence without padding; with left-padded batches that would make
+    block boundaries (and thus outputs) depend on the padding, so blocks start at each row's first real event.
+    """
+    B, L = valid.shape
+    n_blocks = max(1, -(-L // block_size))
+    Lp = n_blocks * block_size
+    shift = (L - valid.sum(1)) % block_size  # (B,)
+    if not bool(shift.any()):
+        aligned = valid if Lp == L else F.pad(valid, (0, Lp - L))
+        return BlockLayout(L, n_blocks, block_size, aligned, None, None)
+    dev = valid.device
+    rows = torch.arange(B, device=dev)[:, None]
+    src = torch.arange(Lp, device=dev)[None, :] + shift[:, None]  # (B, Lp) source position of each slot
+    src = torch.where(src < L, src, L)  # slot L is the appended zero row
+    gather_in = (src + rows * (L + 1)).reshape(-1)
+    aligned = F.pad(valid, (0, 1)).gather(1, src)  # (B, Lp)
+    dst = torch.arange(L, device=dev)[None, :] - shift[:, None]  # (B, L) block-layout slot of each position
+    dst = torch.where(dst >= 0, dst, Lp)
+    gather_out = (dst + rows * (Lp + 1)).reshape(-1)
+    return BlockLayout(L, n_blocks, block_size, aligned, gather_in, gather_out)
+
+
+# ---- the sparse layer --------------------------------------------------------------------------------------
+
+
+class BlockCompression(nn.Module):
+    """phi: (B, H, nb, bs, dh) blocks -> (B, H, nb, dh) summaries: mean pooling + a learned per-head MLP correction.
+
+    The MLP reads the whole flattened block (bs * dh inputs), so every intra-block position has its own weights:
+    that *is* NSA's intra-block position encoding (an added position embedding before a linear layer would only
+    add a constant bias). NOTE: NSA's phi is the MLP alone; we add it as a residual on mean pooling with a
+    zero-initialised output layer, so compressed attention starts as attention over block means (a random MLP
+    would start from meaningless summaries and a random top-k selection) and learns from there.
+    """
+
+    def __init__(self, n_heads: int, block_size: int, head_dim: int):
+        super().__init__()
+        fan_in = block_size * head_dim
+        self.w1 = nn.Parameter(torch.randn(n_heads, fan_in, head_dim) / math.sqrt(fan_in))
+        self.b1 = nn.Parameter(torch.zeros(n_heads, 1, head_dim))
+        self.w2 = nn.Parameter(torch.zeros(n_heads, head_dim, head_dim))
+        self.b2 = nn.Parameter(torch.zeros(n_heads, 1, head_dim))
+
+    def forward(self, blocks: Tensor) -> Tensor:
+        B, H, nb, bs, dh = blocks.shape
+        flat = blocks.view(B, H, nb, bs * dh)  # (B, H, nb, bs*dh)
+        # mean pooling as a fixed (bs*dh, dh) matrix, so one matmul gives both the MLP's first layer and the mean
+        pool = torch.eye(dh, dtype=self.w1.dtype, device=self.w1.device).repeat(bs, 1) / bs
+        w = torch.cat([self.w1, pool.expand(H, -1, -1)], dim=2)  # (H, bs*dh, 2dh)
+        z = torch.matmul(flat, w)  # (B, H, nb, 2dh)
+        hidden = F.gelu(z[..., :dh] + self.b1)  # (B, H, nb, dh)
+        return z[..., dh:] + self.b2 + torch.matmul(hidden, self.w2)  # mean + MLP correction
+
+
+class _GatherRows(torch.autograd.Function):
+    """``src.index_select(0, rows)`` with a backward that is robust on a busy CPU.
+
+    The backward is a scatter-add of ``grad`` rows into ``src``'s rows. CPU ``index_add_`` runs one parallel region
+    per row: fine on an idle machine, 10-30x slower when another process holds a core (measured on the 2-core
+    machine of ANCHORS.md). On CPU we instead multiply by the (n_src, n_rows) 0/1 selection matrix in CSR form
+    (one sparse-dense matmul, one parallel region); on GPUs ``index_add_`` (atomics) is the fast path.
+    """
+
+    @staticmethod
+    def forward(ctx, src: Tensor, rows: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(rows)
+        ctx.n_src = src.shape[0]
+        return src.index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (rows,) = ctx.saved_tensors
+        grad = grad.contiguous()
+        if grad.device.type != "cpu":
+            return grad.new_zeros(ctx.n_src, *grad.shape[1:]).index_add_(0, rows, grad), None
+        order = torch.argsort(rows, stable=True)
+        crow = F.pad(torch.bincount(rows, minlength=ctx.n_src).cumsum(0), (1, 0))
+        ones = grad.new_ones(rows.shape[0])
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": we rely on CSR @ dense only
+            warnings.simplefilter("ignore", UserWarning)
+            select = torch.sparse_csr_tensor(crow, order, ones, size=(ctx.n_src, rows.shape[0]))
+            out = select @ grad.view(rows.shape[0], -1)
+        return out.view(ctx.n_src, *grad.shape[1:]), None
+
+
+def gather_rows(src: Tensor, rows: Tensor) -> Tensor:
+    """Rows ``rows`` of the 2-D ``src`` (differentiable in ``src``)."""
+    return _GatherRows.apply(src, rows)
+
+
+class _WindowBlocks(torch.autograd.Function):
+    """(N, nb, bs, dh) -> (N, nb, (nw+1)*bs, dh): row i holds blocks i-nw, ..., i (zeros before block 0).
+
+    One op, so that the backward is one copy and ``nw`` shifted adds instead of the zero-filled full-size gradient
+    that each slice of a pad + cat would create.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, nw: int) -> Tensor:  # type: ignore[override]
+        N, nb, bs, dh = x.shape
+        out = x.new_empty(N, nb, nw + 1, bs, dh)
+        for m in range(nw + 1):  # slot m holds block i - (nw - m)
+            lag = min(nw - m, nb)
+            out[:, lag:, m] = x[:, : nb - lag]
+            out[:, :lag, m] = 0
+        ctx.nw = nw
+        return out.view(N, nb, (nw + 1) * bs, dh)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        nw = ctx.nw
+        N, nb, wk, dh = grad.shape
+        g = grad.reshape(N, nb, nw + 1, wk // (nw + 1), dh)
+        out = g[:, :, nw].clone()  # lag 0 covers every block
+        for m in range(nw):
+            lag = nw - m
+            if lag < nb:
+                out[:, : nb - lag] += g[:, lag:, m]
+        return out, None
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, dropout_p: float) -> Tensor:
+    """SDPA with a boolean ``allowed`` mask (True = attend). Callers guarantee no row is fully masked (so every
+    backend is NaN-free) and zero the rows they had to give a placeholder key."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
+
+
+class MultiGranularitySparseAttention(nn.Module):
+    """Causal NSA-style attention: forward(x (B, L, D), valid (B, L) bool, left-padded) -> (B, L, D)."""
+
+    def __init__(self, config: SparseAttentionConfig):
+        super().__init__()
+        self.config = config
+        D, H = config.d_model, config.n_heads
+        self.qkv = nn.Linear(D, 3 * D)
+        self.gate = nn.Linear(D, 3 * H)  # one sigmoid gate per (head, branch), from the query's input
+        self.out = nn.Linear(D, D)
+        # All branch parameters always exist, so weights load into any ablation of the same shape.
+        self.compress_k = BlockCompression(H, config.block_size, config.head_dim)
+        self.compress_v = BlockCompression(H, config.block_size, config.head_dim)
+
+    # -- branches on the block layout: q, k, v are (B, H, nb, bs, dh), contiguous ---------------------------------
+
+    @property
+    def _dropout_p(self) -> float:
+        return self.config.dropout if self.training else 0.0
+
+    # Each branch returns (out (B, H, nb, bs, dh), keep): ``keep`` (broadcastable to (B, H, nb, bs, 1)) zeroes
+    # the queries that had nothing to attend to and got a placeholder key, or is None. The caller folds it into
+    # the gate, so zeroing costs no extra pass over the outputs.
+
+    def _window(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None) -> tuple[Tensor, None]:
+        """Each query block against itself and the previous ``nw`` key blocks, masked to the exact window."""
+        cfg = self.config
+        B, H, nb, bs, dh = q.shape
+        dev = q.device
+        nw = -(-(cfg.window - 1) // bs)  # earlier blocks the window can reach
+        wk = (nw + 1) * bs
+        k_win = _WindowBlocks.apply(k.view(B * H, nb, bs, dh), nw)  # (B*H, nb, wk, dh)
+        v_win = _WindowBlocks.apply(v.view(B * H, nb, bs, dh), nw)
+        # query offset r, key slot c: distance = (nw*bs + r) - c; inside the window iff 0 <= distance < window
+        dist = nw * bs + torch.arange(bs, device=dev)[:, None] - torch.arange(wk, device=dev)[None, :]
+        key_block = torch.arange(nb, device=dev)[:, None] - nw + torch.arange(wk, device=dev) // bs  # (nb, wk)
+        allowed = (dist >= 0) & (dist < cfg.window) & (key_block >= 0)[:, None, :]  # (nb, bs, wk)
+        if valid is not None:  # some padding: mask padded keys
+            key_ok = F.pad(valid.view(B, nb, bs), (0, 0, nw, 0))  # (B, nw + nb, bs)
+            key_ok = torch.cat([key_ok[:, m : m + nb] for m in range(nw + 1)], dim=2)  # (B, nb, wk)
+            # the diagonal stays on so a padded query's row is never empty (its output is discarded)
+            allowed = allowed & (key_ok[:, :, None, :] | (dist == 0))  # (B, nb, bs, wk)
+        # heads=1, batch=(B, H, nb): the CPU flash kernel's fastest layout (no transposed gradients)
+        allowed = allowed.view(-1, 1, nb, bs, wk).expand(B, H, nb, bs, wk).reshape(B * H * nb, 1, bs, wk)
+        q_w, k_w, v_w = q.view(-1, 1, bs, dh), k_win.view(-1, 1, wk, dh), v_win.view(-1, 1, wk, dh)
+        out = _sdpa(q_w, k_w, v_w, allowed, self._dropout_p)
+        return out.view(B, H, nb, bs, dh), None  # padded queries: finite garbage, discarded by the caller
+
+    def _compressed(self, q: Tensor, k_cmp: Tensor, v_cmp: Tensor, block_ok: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Every query against the summaries of the complete blocks ending at or before it."""
+        B, H, nb, bs, dh = q.shape
+        dev = q.device
+        # block j is complete at query (i, r) iff j < i, or j == i and r is the block's last position
+        n_done = (torch.arange(nb, device=dev)[:, None] + (torch.arange(bs, device=dev) == bs - 1)).view(-1)
+        allowed = (torch.arange(nb, device=dev)[None, :] < n_done[:, None])[None, None]  # (1, 1, Lp, nb)
+        if block_ok is not None:
+            allowed = allowed & block_ok[:, None, None, :]  # (B, 1, Lp, nb)
+        has_any = allowed.any(dim=-1, keepdim=True)  # False before the first complete real block
+        allowed = allowed | (~has_any & (torch.arange(nb, device=dev) == 0))  # placeholder key, zeroed via keep
+        if allowed.shape[0] > 1:  # per-row padding: one mask per (row, head) for the heads=1 layout
+            allowed = allowed.expand(B, H, nb * bs, nb).reshape(B * H, 1, nb * bs, nb)
+        q_c, k_c, v_c = q.view(B * H, 1, nb * bs, dh), k_cmp.view(B * H, 1, nb, dh), v_cmp.view(B * H, 1, nb, dh)
+        out = _sdpa(q_c, k_c, v_c, allowed, self._dropout_p)  # (B*H, 1, Lp, dh)
+        return out.view(B, H, nb, bs, dh), has_any.view(-1, 1, nb, bs, 1)
+
+    def selection(self, q: Tensor, k_cmp: Tensor, block_ok: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Top-k past blocks of every query block: (indices, usable), both (B, H, nb, k).
+
+        NOTE: NSA selects per query; here query block i shares one selection, scored by the compressed-attention
+        logits of the last query before it (position i*bs - 1), so no query's selection depends on its future.
+        Candidates: complete, real blocks j < i (none for block 0). ``usable`` is False for the slots of a row
+        that has fewer than k candidates.
+        """
+        B, H, nb, bs, dh = q.shape
+        k_eff = min(self.config.top_k, max(nb - 1, 1))
+        with torch.no_grad():
+            q_prev = F.pad(q[:, :, :-1, -1], (0, 0, 1, 0))  # (B, H, nb, dh): the query closing block i-1
+            logits = torch.matmul(q_prev, k_cmp.transpose(-1, -2)).float()  # (B, H, nb, nb)
+            blocks = torch.arange(nb, device=q.device)
+            cand = blocks[None, :] < blocks[:, None]  # (nb, nb): block j is before query block i
+            if block_ok is not None:
+                cand = cand & block_ok[:, None, None, :]  # (B, 1, nb, nb)
+            logits.masked_fill_(~cand, float("-inf"))
+            top, idx = logits.topk(k_eff, dim=-1, sorted=False)  # (B, H, nb, k)
+        return idx, torch.isfinite(top)
+
+    def _selected(self, q: Tensor, k: Tensor, v: Tensor, k_cmp: Tensor, block_ok: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Exact attention inside the selected blocks (all strictly in the past: no causal mask needed)."""
+        B, H, nb, bs, dh = q.shape
+        idx, usable = self.selection(q, k_cmp, block_ok)
+        k_eff = idx.shape[-1]
+        # One contiguous (bs*dh) row per selected block: a block gather, not a per-query gather.
+        base = (torch.arange(B * H, device=q.device) * nb).view(B, H, 1, 1)
+        rows = (base + idx).reshape(-1)  # (B*H*nb*k,)
+        k_sel = gather_rows(k.view(B * H * nb, bs * dh), rows).view(-1, 1, k_eff * bs, dh)  # (B*H*nb, 1, k*bs, dh)
+        v_sel = gather_rows(v.view(B * H * nb, bs * dh), rows).view(-1, 1, k_eff * bs, dh)
+        has_any = usable.any(dim=-1, keepdim=True)  # (B, H, nb, 1)
+        slot_ok = usable.clone()
+        slot_ok[..., 0] |= ~has_any[..., 0]  # placeholder key for rows without a usable block, zeroed via keep
+        allowed = slot_ok[..., None].expand(B, H, nb, k_eff, bs).reshape(-1, 1, 1, k_eff * bs)
+        out = _sdpa(q.view(-1, 1, bs, dh), k_sel, v_sel, allowed, self._dropout_p)
+        return out.view(B, H, nb, bs, dh), has_any[..., None]  # keep: (B, H, nb, 1, 1)
+
+    # -- public ----------------------------------------------------------------------------------------------
+
+    def _run(self, x: Tensor, valid: Tensor) -> tuple[BlockLayout, dict[str, tuple[Tensor, Tensor | None]], Tensor, bool]:
+        cfg = self.config
+        if x.ndim != 3 or x.shape[-1] != cfg.d_model:
+            raise ValueError(f"x must be (B, L, {cfg.d_model}), got {tuple(x.shape)}")
+        B, L, D = x.shape
+        check_left_padded(valid, L)
+        H, dh, bs = cfg.n_heads, cfg.head_dim, cfg.block_size
+        layout = block_layout(valid, bs)
+        nb, Lp = layout.n_blocks, layout.padded_length
+        xb = layout.to_blocks(x)  # (B, Lp, D)
+        qkv = self.qkv(xb).view(B, nb, bs, 3, H, dh).permute(3, 0, 4, 1, 2, 5).contiguous()
+        q, k, v = qkv.unbind(0)  # (B, H, nb, bs, dh) each, contiguous
+        gates = torch.sigmoid(self.gate(xb)).view(B, Lp, H, 3).permute(3, 0, 2, 1)  # (3, B, H, Lp)
+        # None = no padding anywhere (the common benchmark/long-sequence case): static, broadcast masks
+        padded = not bool(layout.valid.all())
+        key_valid = layout.valid if padded else None
+        block_ok = layout.valid.view(B, nb, bs).all(dim=2) if padded else None  # (B, nb): complete, real blocks
+
+        outs: dict[str, tuple[Tensor, Tensor | None]] = {}
+        if cfg.use_window:
+            outs["window"] = self._window(q, k, v, key_valid)
+        if cfg.use_compressed or cfg.use_selected:
+            k_cmp = self.compress_k(k)  # (B, H, nb, dh)
+            if cfg.use_compressed:
+                outs["compressed"] = self._compressed(q, k_cmp, self.compress_v(v), block_ok)
+            if cfg.use_selected:
+                outs["selected"] = self._selected(q, k, v, k_cmp, block_ok)
+        return layout, outs, gates, padded
+
+    def forward(self, x: Tensor, valid: Tensor) -> Tensor:
+        """x: (B, L, D), valid: (B, L) bool (True = real event, left-padded) -> (B, L, D), zero at padding."""
+        B, L, D = x.shape
+        layout, outs, gates, padded = self._run(x, valid)
+        H, nb, bs = self.config.n_heads, layout.n_blocks, layout.block_size
+        mixed = None
+        for b, name in enumerate(BRANCHES):
+            if name not in outs:
+                continue  # a disabled branch contributes nothing
+            out, keep = outs[name]
+            g = gates[b].reshape(B, H, nb, bs, 1)
+            if keep is not None:
+                g = g * keep.to(g.dtype)
+            mixed = out * g if mixed is None else torch.addcmul(mixed, out, g)  # (B, H, nb, bs, dh)
+        y = mixed.permute(0, 2, 3, 1, 4).reshape(B, nb * bs, D)  # (B, Lp, H*dh)
+        y = self.out(layout.from_blocks(y))  # (B, L, D)
+        return y * valid[..., None].to(y.dtype) if padded else y
+
+    def branch_outputs(self, x: Tensor, valid: Tensor) -> dict[str, Tensor]:
+        """Each enabled branch alone, in the caller's layout, for tests and diagnostics.
+
+        Returns ``q``, ``k``, ``v`` (B, H, L, dh) as the branches saw them, one (B, H, L, dh) output
+        per enabled branch (before gating and the output projection; zero at padding), and ``gates``
+        (B, H, L, 3) in :data:`BRANCHES` order with disabled branches' columns zero.
+        """
+        B, L, D = x.shape
+        cfg = self.config
+        H, dh = cfg.n_heads, cfg.head_dim
+        layout, outs, gates, _ = self._run(x, valid)
+        nb, bs = layout.n_blocks, layout.block_size
+        qkv = self.qkv(x).view(B, L, 3, H, dh).permute(2, 0, 3, 1, 4)  # (3, B, H, L, dh)
+        keep = valid[:, None, :, None]
+
+        def unblock(t: Tensor) -> Tensor:  # (B, H, nb, bs, dh) -> (B, H, L, dh)
+            y = layout.from_blocks(t.permute(0, 2, 3, 1, 4).reshape(B, nb * bs, H * dh))
+            return y.view(B, L, H, dh).transpose(1, 2) * keep.to(y.dtype)
+
+        result = {"q": qkv[0], "k": qkv[1], "v": qkv[2]}
+        for name, (out, zero_mask) in outs.items():
+            result[name] = unblock(out if zero_mask is None else out * zero_mask.to(out.dtype))
+        g = layout.from_blocks(gates.permute(1, 3, 2, 0).reshape(B, nb * bs, H * 3)).view(B, L, H, 3).transpose(1, 2)
+        result["gates"] = g * torch.tensor(cfg.enabled, dtype=g.dtype, device=g.device)
+        return result
+
+
+class DenseCausalAttention(nn.Module):
+    """SASRec-style dense causal self-attention (SDPA) with the same interface: the baseline and ablation."""
+
+    def __init__(self, config: SparseAttentionConfig):
+        super().__init__()
+        self.config = config
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
+        self.out = nn.Linear(config.d_model, config.d_model)
+
+    def forward(self, x: Tensor, valid: Tensor) -> Tensor:
+        B, L, D = x.shape
+        check_left_padded(valid, L)
+        H, dh = self.config.n_heads, self.config.head_dim
+        q, k, v = self.qkv(x).view(B, L, 3, H, dh).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, L, dh) each
+        p = self.config.dropout if self.training else 0.0
+        y = dense_causal_attention(q, k, v, valid, dropout_p=p).transpose(1, 2).reshape(B, L, D)
+        return self.out(y) * valid[..., None].to(y.dtype)

@@ -1,0 +1,166 @@
+"""MLflow registry: the SAL recommender as a pyfunc, the gated ``challenger`` -> ``champion`` promotion, rollback.
+
+The logged model is self-contained: the SAL state dict (loaded with ``weights_only=True``, never unpickled
+code), its config, the fused MFL item matrix (the item tower's output) and the item table (ids, titles), plus
+this package as code. Input: a DataFrame with ``item_ids`` (list of item ids, oldest first) and optionally
+``timestamps`` (Unix seconds); param ``k``. Output: ``item_ids`` and ``scores`` of the top-k next items.
+
+Aliases, never stages: every registered version becomes ``challenger``; ``champion`` moves only when the gate
+passes (or by hand with ``mufasa promote --version N``). The decision and its reasons are tags on the version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+import mufasa
+from mufasa.data.vocab import ItemVocab
+from mufasa.evaluation.protocol import Histories
+
+CHALLENGER, CHAMPION = "challenger", "champion"
+
+
+class SALRecommender(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper: histories of item ids in, top-k item ids out."""
+
+    def load_context(self, context) -> None:
+        from mufasa.pipeline.train_sal import SALScorer, load_model
+
+        art = context.artifacts
+        fused = np.load(art["fused"], allow_pickle=False)
+        self.model = load_model(Path(art["model_dir"]), fused if fused.shape[1] > 0 else None)
+        items = pd.read_parquet(art["items"])
+        self.vocab = ItemVocab(items["item_id"].to_numpy())
+        self.titles = items["title"].astype(str).to_numpy()
+        self.scorer = SALScorer(self.model)
+
+    def histories(self, item_ids: list, timestamps: list | None = None, *, drop_unknown: bool = False) -> Histories:
+        seqs, stamps = [], []
+        for i, ids in enumerate(item_ids):
+            ids = np.asarray(ids, dtype=np.int64)
+            ts = np.asarray(timestamps[i], dtype=np.int64) if timestamps is not None else np.arange(len(ids))
+            if drop_unknown:
+                known = np.isin(ids, self.vocab.item_ids)
+                ids, ts = ids[known], ts[known]
+            seqs.append(self.vocab.to_index(ids))  # KeyError names unknown ids
+            stamps.append(ts)
+        lengths = [len(s) for s in seqs]
+        if min(lengths, default=1) == 0:
+            raise ValueError("every history needs at least one known item")
+        offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+        return Histories(
+            np.arange(len(seqs), dtype=np.int64), offsets, np.concatenate(seqs), np.concatenate(stamps)
+        )
+
+    def score(self, histories: Histories) -> torch.Tensor:
+        return self.scorer.score(histories)
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        k = int((params or {}).get("k", 10))
+        ts = model_input["timestamps"].tolist() if "timestamps" in model_input else None
+        scores = self.score(self.histories(model_input["item_ids"].tolist(), ts))
+        top = torch.topk(scores, k=min(k, scores.shape[1]), dim=1)
+        return pd.DataFrame(
+            {
+                "item_ids": [self.vocab.to_ids(row + 1).tolist() for row in top.indices.numpy()],
+                "scores": [row.tolist() for row in top.values.numpy()],
+            }
+        )
+
+
+class CrossVocabScorer:
+    """Scores the current split with a registered model whose catalogue may differ (e.g. an older champion):
+    history items it does not know are dropped, and items it cannot score rank last."""
+
+    def __init__(self, rec: SALRecommender, current: ItemVocab):
+        self.rec, self.current = rec, current
+        known = np.isin(current.item_ids, rec.vocab.item_ids)
+        self.cols_current = np.flatnonzero(known)
+        self.cols_rec = rec.vocab.to_index(current.item_ids[known]) - 1
+
+    def score(self, histories: Histories) -> torch.Tensor:
+        ids = [self.current.to_ids(histories.user(u)[0]) for u in range(len(histories))]
+        ts = [histories.user(u)[1] for u in range(len(histories))]
+        own = self.rec.score(self.rec.histories(ids, ts, drop_unknown=True))
+        out = torch.full((len(histories), self.current.n_items), float("-inf"))
+        out[:, torch.as_tensor(self.cols_current)] = own[:, torch.as_tensor(self.cols_rec)]
+        return out
+
+
+@dataclass(frozen=True)
+class Registered:
+    name: str
+    version: str
+    run_id: str
+
+
+def _client(tracking_uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def log_and_register(run_id: str, tracking_uri: str, name: str, model_dir: Path, fused: Path, items: Path,
+                     example: pd.DataFrame) -> Registered:
+    """Log the pyfunc into ``run_id``, register it under ``name`` and point ``challenger`` at the new version."""
+    from mlflow.models import infer_signature
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    artifacts = {"model_dir": str(model_dir), "fused": str(fused), "items": str(items)}
+    with mlflow.start_run(run_id=run_id):
+        rec = SALRecommender()
+        rec.load_context(type("Ctx", (), {"artifacts": artifacts})())
+        output = rec.predict(None, example, {"k": 10})
+        signature = infer_signature(example, output, params={"k": 10})
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=rec,
+            artifacts=artifacts,
+            signature=signature,
+            input_example=example,
+            code_paths=[str(Path(mufasa.__file__).parent)],
+            registered_model_name=name,
+        )
+    version = str(info.registered_model_version)
+    _client(tracking_uri).set_registered_model_alias(name, CHALLENGER, version)
+    return Registered(name, version, run_id)
+
+
+def alias_version(tracking_uri: str, name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(_client(tracking_uri).get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def load_recommender(tracking_uri: str, uri: str) -> SALRecommender:
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    return mlflow.pyfunc.load_model(uri).unwrap_python_model()
+
+
+def record_decision(tracking_uri: str, name: str, version: str, tags: dict[str, str], promote: bool) -> None:
+    client = _client(tracking_uri)
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, v)
+    if promote:
+        client.set_registered_model_alias(name, CHAMPION, version)
+
+
+def promote(tracking_uri: str, name: str, version: str, reason: str = "manual") -> str | None:
+    """Point ``champion`` at ``version`` (rollback or manual promotion); returns the previous champion."""
+    client = _client(tracking_uri)
+    client.get_model_version(name, version)  # raises a clear MlflowException if it does not exist
+    previous = alias_version(tracking_uri, name, CHAMPION)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_model_version_tag(name, version, "gate.manual_promotion", f"{reason} (previous champion: {previous})")
+    return previous

@@ -1,0 +1,391 @@
+"""Training SAL: length-bucketed left-padded batches, next-item loss at every position, full-ranking validation.
+
+- Data are the flat arrays of :func:`mufasa.data.sequences.read_train_sequences` with items already mapped to
+  indices 1..N (``ItemVocab.to_index``): ``offsets`` (U + 1,), ``items_index`` (E,), ``timestamps`` (E,).
+- A training example is one user's whole train sequence, left-truncated to its last ``max_len + 1`` events:
+  inputs are events [:-1], targets events [1:], and the loss covers every position (as SASRec/HSTU train).
+- Batches: users are shuffled with the seeded generator, sorted by length inside chunks of 50 batches, cut into
+  batches and the batch order shuffled again, so padding waste stays small while batches keep mixing.
+- Validation: each user with a target ranks it against **all** items given the user's train sequence (the last
+  ``max_len`` events); NDCG@10 drives early stopping. Pessimistic ties (:mod:`mufasa.evaluation.metrics`).
+- AdamW with gradient clipping, bf16 autocast on CUDA, a checkpoint after every epoch (model, optimizer, early
+  stopping, best weights, history, RNG states) and exact resume: a run stopped after k epochs and resumed to E
+  follows the same curve as an uninterrupted E-epoch run.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mufasa.evaluation.metrics import metrics_from_ranks, target_ranks
+from mufasa.models.sal import SALConfig, SALModel
+from mufasa.training.common import (
+    Checkpointer,
+    EarlyStopping,
+    MetricsCallback,
+    autocast,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+
+__all__ = [
+    "SALTrainConfig",
+    "SALTrainResult",
+    "SequenceBatch",
+    "evaluate_next_item",
+    "extend_sequences",
+    "iter_last_scores",
+    "length_bucketed_batches",
+    "pad_sequences",
+    "score_users",
+    "train_sal",
+]
+
+TrainSeqs = tuple[np.ndarray, np.ndarray, np.ndarray]  # (offsets (U+1,), items_index (E,), timestamps (E,))
+BUCKET_BATCHES = 50  # batches per length-sorting chunk: low padding waste, still well-mixed batches
+
+
+@dataclass(frozen=True)
+class SALTrainConfig:
+    """How SAL is trained (the model's shape lives in ``SALConfig``)."""
+
+    # Enough for ML-100k-sized data to converge; early stopping usually ends the run first.
+    epochs: int = 200
+    # Users per batch; each contributes up to max_len positions to the loss.
+    batch_size: int = 128
+    # SASRec's Adam learning rate; no schedule, so a resumed run with more epochs continues exactly.
+    lr: float = 1e-3
+    # Mild decoupled decay on matrices only (not biases, LayerNorms).
+    weight_decay: float = 0.01
+    # Max global gradient norm: guards the early epochs of a full softmax.
+    grad_clip: float = 1.0
+    # Evaluations without a better NDCG@10 before stopping.
+    patience: int = 10
+    # Validate every eval_every epochs (and after the last one).
+    eval_every: int = 1
+    seed: int = 0
+    device: str = "auto"  # auto: CUDA when present, else CPU
+    # Left-truncation length; None = the model's max_len (must not exceed it).
+    max_len: int | None = None
+    progress: bool = True  # tqdm bar (stderr) with the live loss
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.eval_every < 1:
+            raise ValueError("need epochs, batch_size, patience and eval_every >= 1")
+        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip <= 0:
+            raise ValueError("need lr > 0, weight_decay >= 0, grad_clip > 0")
+        if self.max_len is not None and self.max_len < 1:
+            raise ValueError("max_len must be >= 1 (or None)")
+
+
+@dataclass
+class SALTrainResult:
+    model: SALModel  # best-validation weights, eval mode, on the training device
+    history: list[dict[str, float]]  # one row per epoch: epoch, loss, seconds (+ validation metrics when run)
+    best: dict[str, float]  # the history row of the best validation (the last row when nothing was validated)
+    epochs_run: int  # epochs completed, including those of a resumed checkpoint
+    resumed_from: int | None  # epochs already done in the checkpoint this run resumed from, else None
+
+
+# ---- batches -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SequenceBatch:
+    """Left-padded batch: items/timestamps (B, L) long (0 = padding); targets (B, L) long (0 = none) or None."""
+
+    items: torch.Tensor
+    timestamps: torch.Tensor
+    targets: torch.Tensor | None
+
+    def to(self, device: torch.device) -> SequenceBatch:
+        t = None if self.targets is None else self.targets.to(device, non_blocking=True)
+        return SequenceBatch(self.items.to(device, non_blocking=True), self.timestamps.to(device, non_blocking=True), t)
+
+
+def pad_sequences(
+    offsets: np.ndarray,
+    items_index: np.ndarray,
+    timestamps: np.ndarray,
+    rows: np.ndarray,
+    max_len: int,
+    with_targets: bool,
+) -> SequenceBatch:
+    """Left-padded batch of users ``rows``.
+
+    with_targets=True (training): inputs are the user's events [:-1] and targets events [1:], both the last
+    ``max_len``. with_targets=False (scoring): inputs are the last ``max_len`` events, no targets.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    start, end = offsets[rows], offsets[rows + 1]
+    if with_targets:
+        end = end - 1  # the last event is only a target
+    n = np.clip(end - start, 0, max_len)  # (b,) kept inputs per user
+    L = max(1, int(n.max()) if len(n) else 1)
+    idx = (end - L)[:, None] + np.arange(L)[None, :]  # (b, L) event index of each slot
+    valid = idx >= (end - n)[:, None]
+    safe = np.where(valid, idx, 0)
+    items = np.where(valid, items_index[safe], 0)
+    ts = np.where(valid, timestamps[safe], 0)
+    targets = np.where(valid, items_index[safe + 1], 0) if with_targets else None
+    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))  # noqa: E731
+    return SequenceBatch(as_t(items), as_t(ts), None if targets is None else as_t(targets))
+
+
+def length_bucketed_batches(lengths: np.ndarray, batch_size: int, generator: torch.Generator) -> list[np.ndarray]:
+    """Positions 0..len(lengths)-1 as shuffled batches of similar lengths (seeded by ``generator``)."""
+    n = len(lengths)
+    perm = torch.randperm(n, generator=generator).numpy()
+    chunk = batch_size * BUCKET_BATCHES
+    batches: list[np.ndarray] = []
+    for lo in range(0, n, chunk):
+        part = perm[lo : lo + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+    order = torch.randperm(len(batches), generator=generator).numpy()
+    return [batches[i] for i in order]
+
+
+def extend_sequences(seqs: TrainSeqs, items: np.ndarray, timestamps: np.ndarray) -> TrainSeqs:
+    """Append one event per user (``items[u] <= 0``: none), e.g. the validation event to score test targets."""
+    offsets, items_index, ts = (np.asarray(a, dtype=np.int64) for a in seqs)
+    items, timestamps = np.asarray(items, dtype=np.int64), np.asarray(timestamps, dtype=np.int64)
+    if len(items) != len(offsets) - 1 or len(timestamps) != len(items):
+        raise ValueError("need one (item, timestamp) per user")
+    add = (items > 0).astype(np.int64)
+    new_offsets = offsets + np.r_[0, np.cumsum(add)]
+    at = np.repeat(offsets[1:], add)  # insert before each user's end
+    keep = items > 0
+    return new_offsets, np.insert(items_index, at, items[keep]), np.insert(ts, at, timestamps[keep])
+
+
+# ---- scoring and evaluation --------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def iter_last_scores(
+    model: SALModel,
+    seqs: TrainSeqs,
+    users: np.ndarray,
+    batch_size: int = 256,
+    max_len: int | None = None,
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """Yield ``(user_rows, scores (b, N) float32)`` of the next item after each user's sequence.
+
+    Users are processed in length-sorted batches (little padding); ``user_rows`` says which rows each batch
+    holds. Runs in eval mode on the model's device (bf16 autocast on CUDA) and restores the model's mode.
+    """
+    offsets, items_index, timestamps = seqs
+    max_len = max_len or model.config.max_len
+    device = model.position.weight.device
+    users = np.asarray(users, dtype=np.int64)
+    order = users[np.argsort(np.diff(offsets)[users], kind="stable")]
+    was_training = model.training
+    model.eval()
+    try:
+        for lo in range(0, len(order), batch_size):
+            rows = order[lo : lo + batch_size]
+            batch = pad_sequences(offsets, items_index, timestamps, rows, max_len, with_targets=False).to(device)
+            with autocast(device):
+                scores = model.full_sort_predict(batch.items, batch.timestamps)
+            yield rows, scores.float()
+    finally:
+        model.train(was_training)
+
+
+def score_users(model: SALModel, seqs: TrainSeqs, users: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    """(len(users), N) float32 CPU scores of items 1..N after each user's sequence, in the order of ``users``."""
+    users = np.asarray(users, dtype=np.int64)
+    unique, inverse = np.unique(users, return_inverse=True)
+    out = torch.empty(len(unique), model.config.n_items)
+    for rows, scores in iter_last_scores(model, seqs, unique, batch_size):
+        out[torch.as_tensor(np.searchsorted(unique, rows))] = scores.cpu()
+    return out[torch.as_tensor(inverse)]
+
+
+def evaluate_next_item(
+    model: SALModel,
+    seqs: TrainSeqs,
+    targets: np.ndarray,
+    ks: tuple[int, ...] = (10, 50),
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """Full-ranking HR/NDCG/MRR@k of ``targets[u]`` (item index; <= 0 = no target) after user u's sequence."""
+    targets = np.asarray(targets, dtype=np.int64)
+    users = np.flatnonzero(targets > 0)
+    ranks = []
+    for rows, scores in iter_last_scores(model, seqs, users, batch_size):
+        t = torch.as_tensor(targets[rows] - 1, device=scores.device)  # column j = item j + 1
+        ranks.append(target_ranks(scores, t).cpu())
+    return metrics_from_ranks(torch.cat(ranks) if ranks else torch.empty(0), ks)
+
+
+# ---- training ----------------------------------------------------------------------------------------------
+
+
+def _check_inputs(model_cfg: SALConfig, seqs: TrainSeqs, valid_targets: np.ndarray, item_features) -> None:
+    offsets, items_index, timestamps = seqs
+    if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(items_index):
+        raise ValueError("offsets must be (U + 1,) starting at 0 and ending at len(items_index)")
+    if np.any(np.diff(offsets) < 0):
+        raise ValueError("offsets must be non-decreasing")
+    if len(timestamps) != len(items_index):
+        raise ValueError("timestamps and items_index must have the same length")
+    if len(items_index) and (items_index.min() < 1 or items_index.max() > model_cfg.n_items):
+        raise ValueError(f"items_index must hold item indices 1..{model_cfg.n_items} (0 is padding)")
+    if len(valid_targets) != len(offsets) - 1:
+        raise ValueError(f"valid_targets must have one entry per user ({len(offsets) - 1}), got {len(valid_targets)}")
+    if np.any(valid_targets > model_cfg.n_items):
+        raise ValueError(f"valid_targets must be item indices <= {model_cfg.n_items} (or <= 0 for none)")
+    if item_features is not None and not np.isfinite(item_features).all():
+        raise ValueError("item_features contain NaN or Inf")
+
+
+def _fingerprint(model_cfg: SALConfig, train_cfg: SALTrainConfig, seqs: TrainSeqs, targets: np.ndarray) -> str:
+    """What must match for a checkpoint to be resumable (epochs, patience, device and progress may change)."""
+    t = asdict(train_cfg)
+    for key in ("epochs", "patience", "device", "progress"):
+        t.pop(key)
+    digest = hashlib.sha256()
+    for arr in (*seqs, targets):
+        digest.update(np.ascontiguousarray(arr, dtype=np.int64).tobytes())
+    return json.dumps({"model": asdict(model_cfg), "train": t, "data": digest.hexdigest()}, sort_keys=True)
+
+
+def _optimizer(model: SALModel, cfg: SALTrainConfig) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def train_sal(
+    model_cfg: SALConfig,
+    train_cfg: SALTrainConfig,
+    train_seqs: TrainSeqs,
+    valid_targets: np.ndarray,
+    item_features: np.ndarray | None = None,
+    checkpoint_dir: Path | None = None,
+    on_metrics: MetricsCallback | None = None,
+) -> SALTrainResult:
+    """Train :class:`SALModel` with next-item loss on every position; early-stop on validation NDCG@10.
+
+    ``train_seqs``: (offsets (U + 1,), items_index (E,), timestamps (E,)) with items as indices 1..N;
+    ``valid_targets``: (U,) the validation item index of each user (<= 0: no target); ``item_features``:
+    (N, item_feature_dim) fused MFL vectors of items 1..N when ``model_cfg.item_feature_dim > 0``.
+
+    With ``checkpoint_dir``, ``last.pt`` there is written after every epoch and, when present at the start, the
+    run resumes from it (same configuration and data required, except epochs/patience/device/progress).
+    ``on_metrics(epoch, row)`` receives each history row.
+    """
+    seqs = tuple(np.asarray(a, dtype=np.int64) for a in train_seqs)
+    valid_targets = np.asarray(valid_targets, dtype=np.int64)
+    _check_inputs(model_cfg, seqs, valid_targets, item_features)
+    max_len = train_cfg.max_len or model_cfg.max_len
+    if max_len > model_cfg.max_len:
+        raise ValueError(f"train max_len {max_len} exceeds the model's max_len {model_cfg.max_len}")
+    offsets = seqs[0]
+
+    device = resolve_device(train_cfg.device)
+    generator = seed_everything(train_cfg.seed)
+    feats = None if item_features is None else torch.as_tensor(np.asarray(item_features), dtype=torch.float32)
+    model = SALModel(model_cfg, feats).to(device)
+    opt = _optimizer(model, train_cfg)
+    stopper = EarlyStopping(patience=train_cfg.patience, mode="max")
+
+    lengths = np.diff(offsets)
+    train_users = np.flatnonzero(lengths >= 2)  # one input and one target at least
+    if len(train_users) == 0:
+        raise ValueError("no user has the 2 events a next-item example needs")
+    has_validation = bool((valid_targets > 0).any())
+
+    ckpt = Checkpointer(Path(checkpoint_dir)) if checkpoint_dir is not None else None
+    fingerprint = _fingerprint(model_cfg, train_cfg, seqs, valid_targets)
+    history: list[dict[str, float]] = []
+    best_state: dict[str, Any] = copy.deepcopy(model.state_dict())
+    start_epoch, resumed_from = 0, None
+    state = ckpt.load(map_location=device) if ckpt else None
+    if state is not None:
+        if state["fingerprint"] != fingerprint:
+            raise ValueError(
+                f"{ckpt.path} was written by a different SAL configuration or data; "
+                "use a fresh checkpoint_dir (or delete it) to start over"
+            )
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        stopper.load_state_dict(state["early_stopping"])
+        best_state = state["best_model"]
+        history = list(state["history"])
+        start_epoch = resumed_from = int(state["epoch"])
+        set_rng_state(state["rng"], generator)
+
+    n_batches = -(-len(train_users) // train_cfg.batch_size)
+    total = max(train_cfg.epochs - start_epoch, 0) * n_batches
+    bar = tqdm(total=total, desc="SAL", disable=not train_cfg.progress, leave=False, dynamic_ncols=True)
+    epoch = start_epoch
+    try:
+        while epoch < train_cfg.epochs and not stopper.should_stop:
+            t0 = time.perf_counter()
+            model.train()
+            loss_sum, weight_sum = 0.0, 0
+            for batch_pos in length_bucketed_batches(lengths[train_users], train_cfg.batch_size, generator):
+                rows = train_users[batch_pos]
+                batch = pad_sequences(*seqs, rows, max_len, with_targets=True).to(device)
+                with autocast(device):
+                    loss = model.calculate_loss(batch.items, batch.timestamps, batch.targets)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+                opt.step()
+                n_pos = int((batch.targets > 0).sum())
+                loss_sum += loss.item() * n_pos
+                weight_sum += n_pos
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}", refresh=False)
+            epoch += 1
+            row: dict[str, float] = {"epoch": float(epoch), "loss": loss_sum / max(weight_sum, 1)}
+            if has_validation and (epoch % train_cfg.eval_every == 0 or epoch == train_cfg.epochs):
+                metrics = evaluate_next_item(model, seqs, valid_targets, batch_size=max(train_cfg.batch_size, 256))
+                row.update({f"val_{k}": v for k, v in metrics.items()})
+                if stopper.update(metrics["ndcg@10"], epoch):
+                    best_state = copy.deepcopy(model.state_dict())
+            elif not has_validation:
+                best_state = copy.deepcopy(model.state_dict())
+            row["seconds"] = time.perf_counter() - t0
+            history.append(row)
+            if on_metrics is not None:
+                on_metrics(epoch, dict(row))
+            if ckpt is not None:
+                ckpt.save(
+                    {
+                        "fingerprint": fingerprint,
+                        "epoch": epoch,
+                        "model": model.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "early_stopping": stopper.state_dict(),
+                        "best_model": best_state,
+                        "history": history,
+                        "rng": rng_state(generator),
+                    }
+                )
+    finally:
+        bar.close()
+
+    model.load_state_dict(best_state)
+    model.eval()
+    best_epoch = stopper.best_step if stopper.best is not None else len(history)
+    best = next((dict(r) for r in history if int(r["epoch"]) == best_epoch), dict(history[-1]) if history else {})
+    return SALTrainResult(model=model, history=history, best=best, epochs_run=len(history), resumed_from=resumed_from)
