@@ -185,6 +185,29 @@ def recommend(
         typer.echo(f"{rank:3d}. {titles[item]}  (item {item}, score {score:.3f})")
 
 
+@app.command()
+def benchmark(
+    seeds: list[int] = typer.Option([0, 1, 2], "--seed", help="Seeds (repeat the option); default 0, 1, 2."),
+    out: Path = typer.Option(Path("benchmarks/results/comparison"), help="Output path stem (.json/.md/.png)."),
+    root: Path = typer.Option(None, help="Project root."),
+    track: bool = typer.Option(True, help="Log the results to MLflow."),
+) -> None:
+    """MUFASA vs popularity, SASRec and every ablation over several seeds (mean ± std); run the pipeline first."""
+    from mufasa.pipeline.benchmark import run_benchmark
+    from mufasa.pipeline.tracking import NullTracker, Tracker, new_pipeline_key
+
+    paths, params = _project(root)
+    tracker = Tracker.for_project(paths.root, params.tracking.experiment) if track else NullTracker()
+    with tracker.stage_run("benchmark", new_pipeline_key()) as run:
+        payload = run_benchmark(
+            params, paths, seeds, out, progress=lambda seed, r: typer.echo(f"seed {seed}: {json.dumps(r['mufasa'])}")
+        )
+        for suffix in (".json", ".md", ".png"):
+            run.log_artifact(Path(out).with_suffix(suffix))
+    typer.echo(Path(out).with_suffix(".md").read_text())
+    typer.echo(f"took {payload['seconds']:.0f} s")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
 

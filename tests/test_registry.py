@@ -121,3 +121,16 @@ def test_report_prints_the_table(pipeline):
     out = CliRunner().invoke(app, ["report", "--root", str(paths.root)])
     assert out.exit_code == 0 and "| mufasa |" in out.output and "| popularity |" in out.output
     assert np.isfinite(json.loads((paths.metrics_dir / "eval.json").read_text())["models"]["sasrec"]["ndcg@10"])
+
+
+def test_benchmark_compares_every_baseline_and_ablation(pipeline, tmp_path):
+    from mufasa.pipeline.benchmark import MODEL_ORDER, run_benchmark
+
+    paths, params, _, _ = pipeline
+    payload = run_benchmark(params, paths, [0, 1], tmp_path / "cmp")
+    assert set(payload["mean_std"]) == set(MODEL_ORDER)
+    mean, std = payload["mean_std"]["mufasa"]["ndcg@10"]
+    assert 0 <= mean <= 1 and std >= 0
+    assert payload["per_seed"]["0"]["popularity"] == payload["per_seed"]["1"]["popularity"]  # no randomness
+    table = (tmp_path / "cmp.md").read_text()
+    assert "| window_only |" in table and "±" in table
