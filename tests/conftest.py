@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +62,43 @@ def small_params():
 def write_files_params(root: Path, interactions: str, items: str, **files) -> None:
     raw = {"ingest": {"source": "files", "files": {"interactions": interactions, "items": items, **files}}}
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
+
+
+def dvc_executable() -> str:
+    for candidate in (shutil.which("dvc"), REPO / ".venv-dvc" / "bin" / "dvc"):
+        if candidate and Path(candidate).exists():
+            return str(candidate)
+    pytest.fail("dvc not found: `make setup` installs it in .venv-dvc")
+
+
+def tool_env() -> dict[str, str]:
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # stage `python` = this venv
+    return env
+
+
+def run_ok(args, cwd, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=600, **kw)
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.fixture
+def clone(tmp_path) -> Path:
+    """A fresh git clone of the working tree (tracked + new files, no ignored outputs), on small synthetic data."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
+    ).stdout.decode().split("\0")
+    dest = tmp_path / "clone"
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    (dest / "params.yaml").write_text(yaml.safe_dump(synthetic_params_dict()))
+    run_ok(["git", "init", "-q"], dest)
+    run_ok(["git", "add", "-A"], dest)
+    run_ok(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone"], dest)
+    return dest
+
+
