@@ -44,7 +44,7 @@ from mufasa.training.common import (
     seed_everything,
     set_rng_state,
 )
-from mufasa.training.diagnostics import knn_overlap, mfl_diagnostics
+from mufasa.training.diagnostics import effective_rank, knn_overlap, mfl_diagnostics, uniformity
 
 __all__ = [
     "GenreMixingSampler",
@@ -374,6 +374,9 @@ def train_mfl(
                              None if X["side"] is None else X["side"][vrows]).cpu().numpy()
         model.train()
         row = {f"val_{k}": v for k, v in sums.items()}
+        # collapse diagnostics of the held-out items' fused vectors, every epoch
+        row["val_effective_rank"] = effective_rank(fused)
+        row["val_uniformity"] = uniformity(fused)
         k = min(10, len(val_rows) - 1)
         if k >= 1:
             row["val_title_knn"] = knn_overlap(np.asarray(text)[val_rows], fused, k)
