@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -27,6 +28,15 @@ def test_dvc_repro_in_a_fresh_clone_then_nothing_to_do(clone):
     assert "Running stage" not in second.stdout
     status = run_ok([dvc_executable(), "status"], clone)
     assert "up to date" in status.stdout
+    # an experiment with one parameter changed, compared with the committed baseline
+    run_ok(["git", "add", "-A"], clone)
+    run_ok(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], clone)
+    exp = run_ok([dvc_executable(), "exp", "run", "-S", "evaluate.filter_history=true"], clone)
+    assert "Running stage 'evaluate'" in exp.stdout and "Running stage 'train_sal'" not in exp.stdout
+    diff = run_ok([dvc_executable(), "metrics", "diff", "--all"], clone)
+    assert "metrics/eval.json" in diff.stdout and "models.mufasa.hr@10" in diff.stdout
+    plots = run_ok([dvc_executable(), "plots", "show", "--json"], clone)
+    assert "reports/eval.png" in plots.stdout
 
 
 def test_dagster_run_leaves_dvc_lock_current(clone):
@@ -50,3 +60,11 @@ def test_dagster_run_leaves_dvc_lock_current(clone):
     assert "up to date" in status.stdout, status.stdout
     repro = run_ok([dvc_executable(), "repro"], clone)
     assert "Running stage" not in repro.stdout
+    # `dvc repro` reproduces the evaluation metrics of the Dagster run (same seeds, CPU): within 1e-4
+    dagster_metrics = json.loads((clone / "metrics" / "eval.json").read_text())["models"]
+    run_ok([dvc_executable(), "repro", "--force", "--single-item", "train_sal"], clone)
+    run_ok([dvc_executable(), "repro", "--force", "--single-item", "evaluate"], clone)
+    dvc_metrics = json.loads((clone / "metrics" / "eval.json").read_text())["models"]
+    for model, values in dagster_metrics.items():
+        for key, value in values.items():
+            assert dvc_metrics[model][key] == pytest.approx(value, abs=1e-4), (model, key)
