@@ -53,6 +53,8 @@ def test_first_model_is_registered_and_promoted_with_reasons(pipeline):
     assert version.tags["gate.decision"] == "promoted" and "popularity" in version.tags["gate.reasons"]
     assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "1"
     assert json.loads((paths.metrics_dir / "gate.json").read_text())["champion"] == "1"
+    report = (paths.reports_dir / "run_report.md").read_text()
+    assert "**promoted**" in report and "| mufasa |" in report and "![eval.png]" in report
 
 
 def test_registered_model_reproduces_the_evaluated_scores(pipeline):

@@ -89,7 +89,43 @@ def run_gate(params, paths: ProjectPaths, stage_run):
         "checks": decision.checks,
     }
     write_json(outcome, paths.metrics_dir / "gate.json")
+    report = write_run_report(paths, outcome)
     metrics = {"passed": float(decision.passed), "candidate": decision.candidate, "version": float(reg.version)}
     if champion_metrics is not None:
         metrics["champion_" + cfg.metric] = float(champion_metrics[cfg.metric])
-    return StageResult("gate", {"gate": paths.metrics_dir / "gate.json"}, metrics, {"gate": dataclasses.asdict(cfg)}, outcome)
+    pngs = tuple(p for p in _REPORT_PLOTS if (paths.reports_dir / p).is_file())
+    return StageResult(
+        "gate",
+        {"gate": paths.metrics_dir / "gate.json", "report": report},
+        metrics,
+        {"gate": dataclasses.asdict(cfg)},
+        outcome,
+        artifacts=(report, *(paths.reports_dir / p for p in pngs)),
+    )
+
+
+_REPORT_PLOTS = ("eval.png", "mfl/curves.png", "mfl/projection.png", "sal/curves.png")
+
+
+def write_run_report(paths: ProjectPaths, outcome: dict):
+    """``reports/run_report.md``: the evaluation table, the gate decision and its reasons, the plots."""
+    from mufasa.data.io import write_text
+
+    table = (paths.reports_dir / "eval.md").read_text() if (paths.reports_dir / "eval.md").is_file() else ""
+    lines = [
+        "# MUFASA retrain report",
+        "",
+        f"**Gate:** {outcome['model']} version {outcome['version']} **{outcome['decision']}**; champion is "
+        f"version {outcome['champion']} (was {outcome['previous_champion']}).",
+        "",
+        *[f"- {r}" for r in outcome["reasons"]],
+        "",
+        "## Evaluation",
+        "",
+        table,
+        "## Plots",
+        "",
+        *[f"![{p}]({p})" for p in _REPORT_PLOTS if (paths.reports_dir / p).is_file()],
+        "",
+    ]
+    return write_text("\n".join(lines), paths.reports_dir / "run_report.md")

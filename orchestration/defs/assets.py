@@ -221,6 +221,7 @@ def registered_model(
             "decision": MetadataValue.text(info["decision"]),
             "champion": MetadataValue.text(str(info["champion"])),
             "reasons": MetadataValue.md("\n".join(f"- {r}" for r in info["reasons"])),
+            "report": MetadataValue.md(result.outputs["report"].read_text()),
         }
     )
 
