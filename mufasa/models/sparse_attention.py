@@ -65,6 +65,10 @@ __all__ = [
 ]
 
 BRANCHES = ("window", "compressed", "selected")
+# Query tile of the window branch, in events: the CPU flash kernel does ~1.7x more scores per ms on 64-query
+# tiles against 128 keys than on 32-query tiles against 96 (measured on the 2-core machine of ANCHORS.md), which
+# more than pays for the extra masked keys. Capped by the window (a short window needs no long tile).
+WINDOW_TILE = 64
 
 
 @dataclass(frozen=True)
@@ -219,13 +223,14 @@ class BlockCompression(nn.Module):
 
     def forward(self, blocks: Tensor) -> Tensor:
         B, H, nb, bs, dh = blocks.shape
-        flat = blocks.view(B, H, nb, bs * dh)  # (B, H, nb, bs*dh)
+        flat = blocks.transpose(0, 1).reshape(H, B * nb, bs * dh)  # (H, B*nb, bs*dh): one matmul per head
         # mean pooling as a fixed (bs*dh, dh) matrix, so one matmul gives both the MLP's first layer and the mean
         pool = torch.eye(dh, dtype=self.w1.dtype, device=self.w1.device).repeat(bs, 1) / bs
         w = torch.cat([self.w1, pool.expand(H, -1, -1)], dim=2)  # (H, bs*dh, 2dh)
-        z = torch.matmul(flat, w)  # (B, H, nb, 2dh)
-        hidden = F.gelu(z[..., :dh] + self.b1)  # (B, H, nb, dh)
-        return z[..., dh:] + self.b2 + torch.matmul(hidden, self.w2)  # mean + MLP correction
+        z = torch.bmm(flat, w)  # (H, B*nb, 2dh)
+        hidden = F.gelu(z[..., :dh] + self.b1)  # (H, B*nb, dh)
+        out = torch.baddbmm(z[..., dh:] + self.b2, hidden, self.w2)  # mean + MLP correction
+        return out.view(H, B, nb, dh).transpose(0, 1)  # (B, H, nb, dh)
 
 
 class _GatherRows(torch.autograd.Function):
@@ -296,8 +301,8 @@ class _WindowBlocks(torch.autograd.Function):
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, dropout_p: float) -> Tensor:
-    """SDPA with a boolean ``allowed`` mask (True = attend). Callers guarantee no row is fully masked (so every
-    backend is NaN-free) and zero the rows they had to give a placeholder key."""
+    """SDPA with a boolean ``allowed`` mask (True = attend) or an additive float mask (0 / -inf). Callers guarantee
+    no row is fully masked (so every backend is NaN-free) and zero the rows they had to give a placeholder key."""
     return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
 
 
@@ -326,28 +331,47 @@ class MultiGranularitySparseAttention(nn.Module):
     # the gate, so zeroing costs no extra pass over the outputs.
 
     def _window(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor | None) -> tuple[Tensor, None]:
-        """Each query block against itself and the previous ``nw`` key blocks, masked to the exact window."""
+        """Each query tile against itself and the previous ``nw`` key tiles, masked to the exact window.
+
+        A tile is ``m`` consecutive blocks (an implementation choice: the window's meaning does not depend on it).
+        """
         cfg = self.config
         B, H, nb, bs, dh = q.shape
         dev = q.device
-        nw = -(-(cfg.window - 1) // bs)  # earlier blocks the window can reach
-        wk = (nw + 1) * bs
-        k_win = _WindowBlocks.apply(k.view(B * H, nb, bs, dh), nw)  # (B*H, nb, wk, dh)
-        v_win = _WindowBlocks.apply(v.view(B * H, nb, bs, dh), nw)
-        # query offset r, key slot c: distance = (nw*bs + r) - c; inside the window iff 0 <= distance < window
-        dist = nw * bs + torch.arange(bs, device=dev)[:, None] - torch.arange(wk, device=dev)[None, :]
-        key_block = torch.arange(nb, device=dev)[:, None] - nw + torch.arange(wk, device=dev) // bs  # (nb, wk)
-        allowed = (dist >= 0) & (dist < cfg.window) & (key_block >= 0)[:, None, :]  # (nb, bs, wk)
+        m = max(1, -(-min(cfg.window, WINDOW_TILE) // bs))  # blocks per query tile
+        T = m * bs  # tile length
+        nt = -(-nb // m)  # tiles (the last one padded with empty blocks, whose outputs are dropped)
+        nw = -(-(cfg.window - 1) // T)  # earlier tiles the window can reach
+        wk = (nw + 1) * T
+
+        def tiles(t: Tensor) -> Tensor:  # (B, H, nb, bs, dh) -> (B*H, nt, T, dh)
+            t = t.view(B * H, nb, bs, dh)
+            if nt * m != nb:
+                t = F.pad(t, (0, 0, 0, 0, 0, nt * m - nb))
+            return t.view(B * H, nt, T, dh)
+
+        k_win = _WindowBlocks.apply(tiles(k), nw)  # (B*H, nt, wk, dh)
+        v_win = _WindowBlocks.apply(tiles(v), nw)
+        # query offset r, key slot c: distance = (nw*T + r) - c; inside the window iff 0 <= distance < window
+        dist = nw * T + torch.arange(T, device=dev)[:, None] - torch.arange(wk, device=dev)[None, :]
+        key_tile = torch.arange(nt, device=dev)[:, None] - nw + torch.arange(wk, device=dev) // T  # (nt, wk)
+        allowed = (dist >= 0) & (dist < cfg.window) & (key_tile >= 0)[:, None, :]  # (nt, T, wk)
         if valid is not None:  # some padding: mask padded keys
-            key_ok = F.pad(valid.view(B, nb, bs), (0, 0, nw, 0))  # (B, nw + nb, bs)
-            key_ok = torch.cat([key_ok[:, m : m + nb] for m in range(nw + 1)], dim=2)  # (B, nb, wk)
+            key_ok = F.pad(valid, (0, nt * T - nb * bs)).view(B, nt, T)
+            key_ok = F.pad(key_ok, (0, 0, nw, 0))  # (B, nw + nt, T)
+            key_ok = torch.cat([key_ok[:, j : j + nt] for j in range(nw + 1)], dim=2)  # (B, nt, wk)
             # the diagonal stays on so a padded query's row is never empty (its output is discarded)
-            allowed = allowed & (key_ok[:, :, None, :] | (dist == 0))  # (B, nb, bs, wk)
-        # heads=1, batch=(B, H, nb): the CPU flash kernel's fastest layout (no transposed gradients)
-        allowed = allowed.view(-1, 1, nb, bs, wk).expand(B, H, nb, bs, wk).reshape(B * H * nb, 1, bs, wk)
-        q_w, k_w, v_w = q.view(-1, 1, bs, dh), k_win.view(-1, 1, wk, dh), v_win.view(-1, 1, wk, dh)
-        out = _sdpa(q_w, k_w, v_w, allowed, self._dropout_p)
-        return out.view(B, H, nb, bs, dh), None  # padded queries: finite garbage, discarded by the caller
+            allowed = allowed & (key_ok[:, :, None, :] | (dist == 0))  # (B, nt, T, wk)
+        # heads=1, batch=(B, H, nt): the CPU flash kernel's fastest layout (no transposed gradients). The mask
+        # varies by tile (the first nw tiles lack keys), so it is materialised per problem, directly as the
+        # additive float bias SDPA would otherwise convert a boolean mask into (in forward and in backward).
+        bias = torch.zeros(allowed.shape, dtype=q.dtype, device=dev).masked_fill_(~allowed, float("-inf"))
+        bias = bias.view(-1, 1, nt, T, wk).expand(B, H, nt, T, wk).reshape(B * H * nt, 1, T, wk)
+        q_w, k_w, v_w = tiles(q).view(-1, 1, T, dh), k_win.view(-1, 1, wk, dh), v_win.view(-1, 1, wk, dh)
+        out = _sdpa(q_w, k_w, v_w, bias, self._dropout_p).view(B, H, nt * m, bs, dh)
+        if nt * m != nb:
+            out = out[:, :, :nb].contiguous()
+        return out, None  # padded queries: finite garbage, discarded by the caller
 
     def _compressed(self, q: Tensor, k_cmp: Tensor, v_cmp: Tensor, block_ok: Tensor | None) -> tuple[Tensor, Tensor]:
         """Every query against the summaries of the complete blocks ending at or before it."""
@@ -362,7 +386,7 @@ class MultiGranularitySparseAttention(nn.Module):
         allowed = allowed | (~has_any & (torch.arange(nb, device=dev) == 0))  # placeholder key, zeroed via keep
         if allowed.shape[0] > 1:  # per-row padding: one mask per (row, head) for the heads=1 layout
             allowed = allowed.expand(B, H, nb * bs, nb).reshape(B * H, 1, nb * bs, nb)
-        q_c, k_c, v_c = q.view(B * H, 1, nb * bs, dh), k_cmp.view(B * H, 1, nb, dh), v_cmp.view(B * H, 1, nb, dh)
+        q_c, k_c, v_c = q.view(B * H, 1, nb * bs, dh), k_cmp.reshape(B * H, 1, nb, dh), v_cmp.reshape(B * H, 1, nb, dh)
         out = _sdpa(q_c, k_c, v_c, allowed, self._dropout_p)  # (B*H, 1, Lp, dh)
         return out.view(B, H, nb, bs, dh), has_any.view(-1, 1, nb, bs, 1)
 

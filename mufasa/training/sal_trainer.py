@@ -254,7 +254,9 @@ def _check_inputs(model_cfg: SALConfig, seqs: TrainSeqs, valid_targets: np.ndarr
         raise ValueError("item_features contain NaN or Inf")
 
 
-def _fingerprint(model_cfg: SALConfig, train_cfg: SALTrainConfig, seqs: TrainSeqs, targets: np.ndarray) -> str:
+def _fingerprint(
+    model_cfg: SALConfig, train_cfg: SALTrainConfig, seqs: TrainSeqs, targets: np.ndarray, item_features
+) -> str:
     """What must match for a checkpoint to be resumable (epochs, patience, device and progress may change)."""
     t = asdict(train_cfg)
     for key in ("epochs", "patience", "device", "progress"):
@@ -262,6 +264,8 @@ def _fingerprint(model_cfg: SALConfig, train_cfg: SALTrainConfig, seqs: TrainSeq
     digest = hashlib.sha256()
     for arr in (*seqs, targets):
         digest.update(np.ascontiguousarray(arr, dtype=np.int64).tobytes())
+    if item_features is not None:
+        digest.update(np.ascontiguousarray(item_features, dtype=np.float32).tobytes())
     return json.dumps({"model": asdict(model_cfg), "train": t, "data": digest.hexdigest()}, sort_keys=True)
 
 
@@ -313,7 +317,7 @@ def train_sal(
     has_validation = bool((valid_targets > 0).any())
 
     ckpt = Checkpointer(Path(checkpoint_dir)) if checkpoint_dir is not None else None
-    fingerprint = _fingerprint(model_cfg, train_cfg, seqs, valid_targets)
+    fingerprint = _fingerprint(model_cfg, train_cfg, seqs, valid_targets, item_features)
     history: list[dict[str, float]] = []
     best_state: dict[str, Any] = copy.deepcopy(model.state_dict())
     start_epoch, resumed_from = 0, None

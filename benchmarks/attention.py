@@ -1,0 +1,281 @@
+"""SAL's sparse attention vs dense SDPA causal attention: time and peak memory per length; a script, not a test.
+
+    .venv/bin/python benchmarks/attention.py                              # CPU, L in 256..16k, threads 2 and 1
+    .venv/bin/python benchmarks/attention.py --lengths 1024 4096 --threads 2 --reps 5
+
+Shapes follow ``shared/ANCHORS.md``: one attention layer *with its projections*, d_model 64, 2 heads x 32, batch
+B = tokens / L (16,384 tokens), fp32 on CPU, no padding. For every L both modules run in the same process, side
+by side (sparse and dense alternate within each repetition, so a noisy neighbour hits both), and we report the
+median of ``--reps`` after ``--warmup`` untimed runs:
+
+- ``fwd_bwd``: forward + backward of ``out.square().mean()`` w.r.t. the input and all weights;
+- ``fwd``: forward under ``torch.no_grad``;
+- ``peak_mb``: peak memory allocated by torch during one forward + backward, from ``torch.profiler``'s allocation
+  events (profile_memory=True; CPU allocations are invisible to tracemalloc, and RSS deltas hide the allocator's
+  caching), beyond the inputs and weights that exist before the step.
+
+``OMP_WAIT_POLICY`` defaults to PASSIVE here (see the comment at the top): the machine is shared.
+
+Sparse = :class:`MultiGranularitySparseAttention` with the default ``SparseAttentionConfig`` (window 64, blocks
+of 32, top-4 selection, all three branches, gates). Dense = :class:`DenseCausalAttention` (same projections,
+``F.scaled_dot_product_attention(is_causal=True)``, the CPU flash kernel). With ``--profile-length`` the
+sparse layer's top operators (torch.profiler, self CPU time) at that length are written to the Markdown report.
+
+Writes ``benchmarks/results/attention-<device>.json``, ``.md`` (table) and ``.png`` (time and memory vs L).
+"""
+
+from __future__ import annotations
+
+import os
+
+# Idle OpenMP threads sleep instead of spinning. On a machine shared with other jobs, spinning workers steal the
+# core the busy thread needs, and every parallel region then waits a scheduler slice: measured here, that made a
+# 2-thread sparse fwd+bwd at L = 4k ~3x slower (1.2 s vs 0.38 s) and dense ~1.2x slower. Must be set before
+# OpenMP starts (before torch is imported); an explicit OMP_WAIT_POLICY in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+import mufasa  # noqa: E402, F401  (offline env vars first)
+from mufasa.models.sparse_attention import (  # noqa: E402
+    DenseCausalAttention,
+    MultiGranularitySparseAttention,
+    SparseAttentionConfig,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_step(module: torch.nn.Module, x: torch.Tensor, valid: torch.Tensor, backward: bool) -> Callable[[], None]:
+    def step() -> None:
+        if backward:
+            module.zero_grad(set_to_none=True)
+            x.grad = None
+            module(x, valid).square().mean().backward()
+        else:
+            with torch.no_grad():
+                module(x, valid)
+
+    return step
+
+
+def timed(step: Callable[[], None], device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    step()
+    sync(device)
+    return (time.perf_counter() - start) * 1e3
+
+
+def peak_memory_mb(step: Callable[[], None], device: torch.device) -> float:
+    """Peak bytes allocated by torch during ``step`` beyond what was allocated before it."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        step()
+        sync(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+    )
+    current = peak = 0
+    for e in events:
+        current += e.nbytes()
+        peak = max(peak, current)
+    return peak / 2**20
+
+
+def top_ops(step: Callable[[], None], rows: int = 15) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def run_length(L: int, tokens: int, cfg: SparseAttentionConfig, reps: int, warmup: int, device: torch.device) -> dict:
+    B = max(1, tokens // L)
+    torch.manual_seed(0)
+    modules = {
+        "sparse": MultiGranularitySparseAttention(cfg).to(device),
+        "dense": DenseCausalAttention(cfg).to(device),
+    }
+    x = torch.randn(B, L, cfg.d_model, device=device, requires_grad=True)
+    valid = torch.ones(B, L, dtype=torch.bool, device=device)
+    row: dict = {"L": L, "B": B}
+    for mode, backward in (("fwd_bwd", True), ("fwd", False)):
+        steps = {name: make_step(m, x, valid, backward) for name, m in modules.items()}
+        for _ in range(warmup):
+            for step in steps.values():
+                step()
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        for _ in range(reps):
+            for name, step in steps.items():  # alternate: a noisy neighbour hits both
+                times[name].append(timed(step, device))
+        for name, ts in times.items():
+            row[f"{name}_{mode}_ms"] = statistics.median(ts)
+            row[f"{name}_{mode}_all_ms"] = [round(t, 2) for t in ts]
+        row[f"speedup_{mode}"] = row[f"dense_{mode}_ms"] / row[f"sparse_{mode}_ms"]
+    for name, m in modules.items():
+        row[f"{name}_peak_mb"] = peak_memory_mb(make_step(m, x, valid, True), device)
+    return row
+
+
+def write_reports(result: dict, stem: Path) -> None:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    cfg = result["config"]
+    lines = [
+        f"# Sparse (SAL) vs dense SDPA causal attention — {result['device']}",
+        "",
+        f"{result['timestamp']}; torch {result['torch']}; {result['cpu']}; batch = {result['tokens']} tokens / L; "
+        f"d_model {cfg['d_model']}, {cfg['n_heads']} heads; sparse: window {cfg['window']}, blocks of "
+        f"{cfg['block_size']}, top-{cfg['top_k']}. One layer with its projections, fp32, median of "
+        f"{result['reps']} after {result['warmup']} warm-up; sparse and dense alternate in each repetition. "
+        f"Peak = torch allocations during one fwd+bwd (profiler memory events).",
+        "",
+        f"Machine load (1/5/15 min) at start: {result['load_start']}, at end: {result['load_end']} "
+        "(2 cores shared with other jobs: compare ratios, not absolute times). "
+        f"OMP_WAIT_POLICY={result['omp_wait_policy']}.",
+        "",
+    ]
+    for run in result["runs"]:
+        lines += [
+            f"## {run['threads']} thread(s)",
+            "",
+            "| L | B | sparse fwd+bwd ms | dense fwd+bwd ms | speedup | sparse fwd ms | dense fwd ms | speedup fwd "
+            "| sparse peak MB | dense peak MB |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in run["rows"]:
+            lines.append(
+                f"| {r['L']:,} | {r['B']} | {r['sparse_fwd_bwd_ms']:.0f} | {r['dense_fwd_bwd_ms']:.0f} "
+                f"| {r['speedup_fwd_bwd']:.2f}x | {r['sparse_fwd_ms']:.0f} | {r['dense_fwd_ms']:.0f} "
+                f"| {r['speedup_fwd']:.2f}x | {r['sparse_peak_mb']:.0f} | {r['dense_peak_mb']:.0f} |"
+            )
+        lines.append("")
+    if result.get("profile"):
+        lines += [
+            f"## Where the sparse layer's time goes (fwd+bwd, L = {result['profile_length']:,}, "
+            f"{result['runs'][0]['threads']} thread(s), torch.profiler, self CPU time)",
+            "",
+            "```",
+            result["profile"].rstrip(),
+            "```",
+            "",
+        ]
+    stem.with_suffix(".md").write_text("\n".join(lines))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
+    for run in result["runs"]:
+        Ls = [r["L"] for r in run["rows"]]
+        style = "-" if run["threads"] == result["runs"][0]["threads"] else "--"
+        ax_t.plot(Ls, [r["sparse_fwd_bwd_ms"] for r in run["rows"]], "o" + style, color="C0",
+                  label=f"sparse, {run['threads']} thr")
+        ax_t.plot(Ls, [r["dense_fwd_bwd_ms"] for r in run["rows"]], "s" + style, color="C3",
+                  label=f"dense SDPA, {run['threads']} thr")
+    rows0 = result["runs"][0]["rows"]
+    Ls = [r["L"] for r in rows0]
+    ax_m.plot(Ls, [r["sparse_peak_mb"] for r in rows0], "o-", color="C0", label="sparse")
+    ax_m.plot(Ls, [r["dense_peak_mb"] for r in rows0], "s-", color="C3", label="dense SDPA")
+    for ax, title, ylabel in ((ax_t, "fwd+bwd time", "ms"), (ax_m, "peak memory (fwd+bwd)", "MB")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(f"sequence length L (batch = {result['tokens']} / L)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(stem.with_suffix(".png"), dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096, 8192, 16384])
+    parser.add_argument("--tokens", type=int, default=16384)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads(), 1],
+                        help="CPU thread counts to run (the first one is also profiled and plotted for memory)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--profile-length", type=int, default=4096, help="0 = no operator profile")
+    parser.add_argument("--out", type=Path, default=None, help="output stem (default results/attention-<device>)")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    cfg = SparseAttentionConfig()
+    threads = list(dict.fromkeys(args.threads)) if device.type == "cpu" else [torch.get_num_threads()]
+    result = {
+        "device": device.type if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "torch": torch.__version__,
+        "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "tokens": args.tokens,
+        "reps": args.reps,
+        "warmup": args.warmup,
+        "config": {k: getattr(cfg, k) for k in ("d_model", "n_heads", "window", "block_size", "top_k")},
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "load_start": os.getloadavg(),
+        "runs": [],
+    }
+    started = time.perf_counter()
+    default_threads = torch.get_num_threads()
+    try:
+        for n_threads in threads:
+            torch.set_num_threads(n_threads)
+            rows = []
+            for L in args.lengths:
+                row = run_length(L, args.tokens, cfg, args.reps, args.warmup, device)
+                rows.append(row)
+                print(
+                    f"threads {n_threads} L {L:>6}: sparse {row['sparse_fwd_bwd_ms']:8.1f} ms, dense "
+                    f"{row['dense_fwd_bwd_ms']:8.1f} ms, speedup {row['speedup_fwd_bwd']:.2f}x; peak "
+                    f"{row['sparse_peak_mb']:.0f} vs {row['dense_peak_mb']:.0f} MB",
+                    flush=True,
+                )
+            result["runs"].append({"threads": n_threads, "rows": rows})
+        if args.profile_length:
+            torch.set_num_threads(threads[0])
+            L = args.profile_length
+            module = MultiGranularitySparseAttention(cfg).to(device)
+            x = torch.randn(max(1, args.tokens // L), L, cfg.d_model, device=device, requires_grad=True)
+            step = make_step(module, x, torch.ones(x.shape[:2], dtype=torch.bool, device=device), True)
+            step()
+            result["profile_length"] = L
+            result["profile"] = top_ops(step)
+    finally:
+        torch.set_num_threads(default_threads)
+    result["load_end"] = os.getloadavg()
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    stem = args.out or RESULTS / f"attention-{device.type}"
+    write_reports(result, stem)
+    print(f"wrote {stem}.json/.md/.png in {result['seconds']} s")
+
+
+if __name__ == "__main__":
+    main()
