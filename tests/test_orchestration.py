@@ -125,3 +125,25 @@ def test_blocking_check_stops_downstream_when_stored_data_is_bad(project, monkey
     assert _checks(result)["interactions_suite"] is True
     assert USER_SEQUENCES not in _materialized(result) and ITEM_FEATURES not in _materialized(result)
     assert not project.sequences_dir.exists() and not project.features_dir.exists()
+
+
+def test_dagster_cli_validates_the_definitions(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import REPO
+
+    env = dict(os.environ, DAGSTER_HOME=str(tmp_path))
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-m", "orchestration.definitions"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Validation successful" in proc.stdout + proc.stderr
