@@ -175,9 +175,14 @@ def entity_features(
     cols = np.searchsorted(vocab, facts["token"].to_numpy())
     item_rows = np.sort(facts["row"].unique())  # items that have at least one kept token
     local = np.searchsorted(item_rows, facts["row"].to_numpy())
+    # Canonical (row, column) order: the CSR arrays, and so every float sum inside TF-IDF and ARPACK, are then
+    # bit-identical whatever the order of the input triples (with near-equal singular values, a different
+    # summation order rotates the SVD basis).
+    order = np.lexsort((cols, local))
     counts = sp.csr_matrix(
-        (np.ones(len(facts), dtype=np.float64), (local, cols)), shape=(len(item_rows), len(vocab))
+        (np.ones(len(facts), dtype=np.float64), (local[order], cols[order])), shape=(len(item_rows), len(vocab))
     )  # (M, V) binary
+    counts.sort_indices()
     tfidf = TfidfTransformer(norm="l2", use_idf=True, smooth_idf=True).fit_transform(counts)  # (M, V)
 
     n_tokens = len(vocab)

@@ -11,6 +11,9 @@ passes (or by hand with ``mufasa promote --version N``). The decision and its re
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +103,32 @@ class Registered:
     run_id: str
 
 
+@contextmanager
+def using_store(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (log_model, models:/ URIs) at ``uri`` for the block, then restore everything.
+
+    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI`` to the environment; left in place, every
+    later tracker in the process (and its subprocesses) would silently write to this store.
+    """
+    import mlflow.tracking._model_registry.utils as registry_utils
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
+    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved[0])
+        mlflow.set_registry_uri(saved[1])
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _client(tracking_uri: str):
     from mlflow import MlflowClient
 
@@ -111,10 +140,8 @@ def log_and_register(run_id: str, tracking_uri: str, name: str, model_dir: Path,
     """Log the pyfunc into ``run_id``, register it under ``name`` and point ``challenger`` at the new version."""
     from mlflow.models import infer_signature
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
     artifacts = {"model_dir": str(model_dir), "fused": str(fused), "items": str(items)}
-    with mlflow.start_run(run_id=run_id):
+    with using_store(tracking_uri), mlflow.start_run(run_id=run_id):
         rec = SALRecommender()
         rec.load_context(type("Ctx", (), {"artifacts": artifacts})())
         output = rec.predict(None, example, {"k": 10})
@@ -143,9 +170,8 @@ def alias_version(tracking_uri: str, name: str, alias: str) -> str | None:
 
 
 def load_recommender(tracking_uri: str, uri: str) -> SALRecommender:
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    return mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    with using_store(tracking_uri):
+        return mlflow.pyfunc.load_model(uri).unwrap_python_model()
 
 
 def record_decision(tracking_uri: str, name: str, version: str, tags: dict[str, str], promote: bool) -> None:
