@@ -103,7 +103,6 @@ def split_summary(split: SequenceSplit, interactions: pd.DataFrame) -> pd.DataFr
     n_events = interactions.groupby("user_id").size().rename("n_events")
     offs = split.train_offsets
     lengths = np.diff(offs)
-    starts = offs[:-1]
     # Smallest step between consecutive training timestamps of each user (>= 0 iff time-ordered). Step j sits
     # between events j and j+1; steps that cross from one user to the next are dropped.
     steps = np.diff(split.train_timestamps)
