@@ -291,7 +291,26 @@ def test_entity_features_similarity_mask_determinism(toy_kg, dim):
     assert cosine(feats[0], feats[1]) > cosine(feats[0], feats[2]) + 0.5
     assert cosine(feats[2], feats[4]) > cosine(feats[2], feats[1]) + 0.5
     again, mask_again = entity_features(item_ids, triples.sample(frac=1.0, random_state=1), dim=dim, seed=0)
-    assert again.tobytes() == feats.tobytes() and np.array_equal(mask, mask_again)  # row order irrelevant
+    assert np.array_equal(mask, mask_again)  # row order irrelevant
+    if dim >= 64:  # TF-IDF as is: pure sparse arithmetic in a canonical order -> bit-identical
+        assert again.tobytes() == feats.tobytes()
+    else:
+        # SVD path. This toy KG has two identical blocks -> tied singular values, so the basis inside the tied
+        # subspace is not unique: BLAS rounding (alignment, CPU kernel) may rotate it. What is invariant, and
+        # what the fusion layer's learned projection sees, are the item-item similarities.
+        np.testing.assert_allclose(again @ again.T, feats @ feats.T, atol=1e-5)
+
+
+def test_entity_features_svd_stable_for_distinct_singular_values():
+    """A random KG (distinct singular values): the SVD features themselves, not only their similarities, are
+    reproducible whatever the triple order (sign convention + seeded start vector)."""
+    rng = np.random.default_rng(0)
+    rows = [(int(i), "film.actor", f"m.{int(e)}") for i in range(40) for e in rng.choice(30, size=5, replace=False)]
+    triples = pd.DataFrame(rows, columns=["item_id", "relation", "entity"])
+    feats, mask = entity_features(list(range(40)), triples, dim=8, seed=0)
+    again, _ = entity_features(list(range(40)), triples.sample(frac=1.0, random_state=3), dim=8, seed=0)
+    assert mask.all() and np.abs(feats).sum() > 0
+    np.testing.assert_allclose(again, feats, atol=1e-5)
 
 
 def test_entity_features_relation_prefix_and_edge_cases(toy_kg):

@@ -138,7 +138,9 @@ def entity_features(
     number of items with tokens is too small for ``dim`` SVD components, fewer are computed and the rest of
     the columns stay zero (cosine similarities are unaffected); with at most ``dim`` tokens the TF-IDF rows are
     used as they are (no SVD needed: nothing to compress). Deterministic: sorted vocabulary, seeded ARPACK
-    start vector, sklearn's sign convention on the singular vectors.
+    start vector, sklearn's sign convention on the singular vectors. With *tied* singular values the basis of
+    the tied subspace is not unique and BLAS rounding (CPU kernel, memory alignment) may rotate it between
+    machines; item-item similarities stay identical (within float tolerance).
     """
     if dim < 1:
         raise ValueError(f"dim must be >= 1, got {dim}")
