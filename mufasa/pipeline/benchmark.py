@@ -30,11 +30,18 @@ def run_benchmark(params, paths: ProjectPaths, seeds: list[int], out: Path, prog
     )
     per_seed: dict[int, dict] = {}
     started = time.perf_counter()
+    payload: dict = {}
     for seed in seeds:
         results = evaluate_all(params, paths, seed=seed)
         per_seed[seed] = {name: r["test"] for name, r in results.items()}
         if progress:
             progress(seed, per_seed[seed])
+        # written after every seed: an interrupted comparison keeps the seeds it finished
+        payload = _write(params, list(per_seed), per_seed, Path(out), time.perf_counter() - started)
+    return payload
+
+
+def _write(params, seeds: list[int], per_seed: dict[int, dict], out: Path, seconds: float) -> dict:
     names = [n for n in MODEL_ORDER if n in per_seed[seeds[0]]]
     metrics = [k for k in per_seed[seeds[0]]["mufasa"] if k != "n_users"]
     combined = {n: {k: [per_seed[s][n][k] for s in seeds] for k in metrics} for n in names}
@@ -46,9 +53,8 @@ def run_benchmark(params, paths: ProjectPaths, seeds: list[int], out: Path, prog
         "mean_std": {n: {k: [float(torch.tensor(v).mean()), float(torch.tensor(v).std()) if len(v) > 1 else 0.0]
                          for k, v in m.items()} for n, m in combined.items()},
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
-        "seconds": time.perf_counter() - started,
+        "seconds": seconds,
     }
-    out = Path(out)
     write_json(payload, out.with_suffix(".json"))
     title = f"MovieLens-100k style run, test split, full ranking, seeds {seeds} (mean ± std)"
     write_text(metrics_table(combined, title=title), out.with_suffix(".md"))
