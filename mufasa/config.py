@@ -48,10 +48,40 @@ class SyntheticSource:
 
 
 @dataclass(frozen=True, config=_STRICT)
+class MovieLens1MSource:
+    """MovieLens 1M as published (``ratings.dat``, ``movies.dat``); see ``mufasa.data.public``."""
+
+    path: str = "data/input/ml-1m"  # the unzipped ml-1m.zip folder (relative to the project, or absolute)
+
+
+@dataclass(frozen=True, config=_STRICT)
+class MovieLensCsvSource:
+    """MovieLens 20M/25M/32M/latest as published (``ratings.csv``, ``movies.csv``); see ``mufasa.data.public``."""
+
+    path: str = "data/input/ml-25m"  # the unzipped release folder (relative to the project, or absolute)
+
+
+@dataclass(frozen=True, config=_STRICT)
+class Amazon2023Source:
+    """Amazon Reviews 2023, one category's reviews + metadata JSONL (``.gz`` too); see ``mufasa.data.public``."""
+
+    reviews: str = "data/input/amazon-2023/All_Beauty.jsonl"  # one JSON review per line (timestamps in ms)
+    meta: str = "data/input/amazon-2023/meta_All_Beauty.jsonl"  # one JSON item per line, keyed by parent_asin
+    # Folder of already-downloaded images named <parent_asin>.jpg (.jpeg/.png/.webp); None: no images.
+    # URLs in the metadata are never fetched (no network at run time).
+    image_root: str | None = None
+
+
+@dataclass(frozen=True, config=_STRICT)
 class IngestConfig:
-    source: Literal["movielens-100k", "synthetic", "files"] = "movielens-100k"
+    source: Literal["movielens-100k", "synthetic", "files", "movielens-1m", "movielens-csv", "amazon-2023"] = (
+        "movielens-100k"
+    )
     files: FilesSource = Field(default_factory=FilesSource)
     synthetic: SyntheticSource = Field(default_factory=SyntheticSource)
+    movielens_1m: MovieLens1MSource = Field(default_factory=MovieLens1MSource)
+    movielens_csv: MovieLensCsvSource = Field(default_factory=MovieLensCsvSource)
+    amazon_2023: Amazon2023Source = Field(default_factory=Amazon2023Source)
     # Timestamps after this Unix time are rejected as "in the future"; None means the wall clock at run time.
     now: int | None = None
 

@@ -1,9 +1,10 @@
 """A fingerprint of the configured raw-data source: changes exactly when re-ingesting could change the data.
 
-It covers the ``ingest`` parameters and the bytes of every source file (for ``files``: interactions, items,
-entities and the image folder; for MovieLens-100k: the package files). ``ingest`` records it in
-``data/raw/manifest.json``; the Dagster sensor compares the current fingerprint with its cursor (or, on its first
-tick, with the manifest) to start a retrain once per new version of the data.
+It covers the ``ingest`` parameters of the source in use and the bytes of every source file (for ``files``:
+interactions, items, entities and the image folder; for MovieLens-100k: the package files; for the public
+formats of ``mufasa.data.public``: ratings/reviews, movies/metadata and Amazon's image folder). ``ingest``
+records it in ``data/raw/manifest.json``; the Dagster sensor compares the current fingerprint with its cursor
+(or, on its first tick, with the manifest) to start a retrain once per new version of the data.
 """
 
 from __future__ import annotations
@@ -31,14 +32,28 @@ def source_files(cfg: IngestConfig, root: Path) -> list[Path]:
         if f.image_root:
             paths.append(root / f.image_root)
         return paths
+    if cfg.source == "movielens-1m":
+        folder = root / cfg.movielens_1m.path
+        return [folder / "ratings.dat", folder / "movies.dat"]
+    if cfg.source == "movielens-csv":
+        folder = root / cfg.movielens_csv.path
+        return [folder / "ratings.csv", folder / "movies.csv"]
+    if cfg.source == "amazon-2023":
+        a = cfg.amazon_2023
+        return [root / a.reviews, root / a.meta] + ([root / a.image_root] if a.image_root else [])
     return []  # synthetic: the parameters are the data
 
 
 def source_fingerprint(cfg: IngestConfig, root: Path) -> str:
-    """md5 over the ingest parameters (minus ``now``) and the source files' contents (missing files count)."""
+    """md5 over the ingest parameters (minus ``now`` and the sections of sources not in use) and the source
+    files' contents (missing files count)."""
     h = hashlib.md5()
     params = dataclasses.asdict(cfg)
     params.pop("now", None)
+    active = cfg.source.replace("-", "_")  # e.g. "movielens-1m" -> section "movielens_1m"
+    for f in dataclasses.fields(cfg):
+        if f.name != active and dataclasses.is_dataclass(getattr(cfg, f.name)):
+            params.pop(f.name)  # another source's settings cannot change this source's data
     h.update(json.dumps(params, sort_keys=True, default=str).encode())
     for path in source_files(cfg, Path(root)):
         h.update(str(path.name).encode())

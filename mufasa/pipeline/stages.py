@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from mufasa.config import IngestConfig, SequencesConfig
+from mufasa.data import public
 from mufasa.data import sequences as seq
 from mufasa.data.io import atomic_path, tree_md5, write_json, write_parquet
 from mufasa.data.movielens import load_ml100k, load_ml100k_kg
@@ -73,6 +74,8 @@ def load_source(cfg: IngestConfig, root: Path) -> LoadedSource:
             f"synthetic ({syn_cfg.n_users} users, {syn_cfg.n_items} items, seed {syn_cfg.seed})",
             render_images=lambda folder: synthetic.write_images(data, folder, syn_cfg),
         )
+    if cfg.source in ("movielens-1m", "movielens-csv", "amazon-2023"):
+        return _load_public(cfg, root)
     files = cfg.files
     inter_path, items_path = root / files.interactions, root / files.items
     kwargs = {"rename": dict(files.rename), "sep": files.sep, "encoding": files.encoding}
@@ -102,6 +105,22 @@ def load_source(cfg: IngestConfig, root: Path) -> LoadedSource:
         f"files ({files.interactions}, {files.items})",
         image_root=image_root,
         entities=entities,
+    )
+
+
+def _load_public(cfg: IngestConfig, root: Path) -> LoadedSource:
+    """A public dataset in its published format (``mufasa.data.public``)."""
+    if cfg.source == "movielens-1m":
+        interactions, items, sources = public.load_movielens_1m(root / cfg.movielens_1m.path)
+        return LoadedSource(interactions, items, sources, f"MovieLens 1M ({cfg.movielens_1m.path})")
+    if cfg.source == "movielens-csv":
+        interactions, items, sources = public.load_movielens_csv(root / cfg.movielens_csv.path)
+        return LoadedSource(interactions, items, sources, f"MovieLens CSV ({cfg.movielens_csv.path})")
+    a = cfg.amazon_2023
+    image_root = root / a.image_root if a.image_root else None
+    interactions, items, sources = public.load_amazon_2023(root / a.reviews, root / a.meta, image_root)
+    return LoadedSource(
+        interactions, items, sources, f"Amazon Reviews 2023 ({a.reviews}, {a.meta})", image_root=image_root
     )
 
 
