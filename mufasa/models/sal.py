@@ -59,6 +59,7 @@ class SALConfig:
     window: int = 64
     block_size: int = 32
     top_k: int = 4
+    select_group: int = 2
     use_window: bool = True
     use_compressed: bool = True
     use_selected: bool = True
@@ -105,6 +106,7 @@ class SALConfig:
             window=self.window,
             block_size=self.block_size,
             top_k=self.top_k,
+            select_group=self.select_group,
             use_window=self.use_window,
             use_compressed=self.use_compressed,
             use_selected=self.use_selected,

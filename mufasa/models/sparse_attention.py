@@ -20,8 +20,9 @@ query block):
 - window: the query block against its own and the previous ``ceil((window-1)/block_size)`` key blocks (laid side
   by side by one block-shift op), masked to the exact window;
 - compressed: all queries against the L/block_size block summaries, masked to the complete blocks;
-- selected: the top-k key/value blocks of each query block, gathered as whole contiguous rows (one
-  ``index_select`` per tensor; its backward is one sparse-dense matmul, see :class:`_GatherRows`).
+- selected: the top-k key/value blocks of each group of ``select_group`` query blocks, gathered as whole
+  contiguous rows (one ``index_select`` per tensor; its backward is one sparse-dense matmul, see
+  :class:`_GatherRows`).
 
 Block layout and padding. Inputs are left-padded (``valid[b, t]`` True for real events, all padding first). Blocks
 are laid out from each row's *first real event*: internally every row is shifted so its first real event starts a
@@ -32,10 +33,11 @@ sequence: what next-item training on whole sequences needs), and (ii) no block m
 Departures from NSA (marked ``NOTE:`` in the code):
 - blocks for compression and selection coincide and do not overlap (NSA allows a compression stride < block),
   and they are laid out from each user's first event;
-- selection is shared by the queries of one query block and decided by the last query *before* that block
+- selection is shared by the queries of ``select_group`` consecutive query blocks (default 2 x 32 = 64 queries,
+  the window's length) and decided by the last query *before* the group
   (NSA: per query, shared across a GQA group) — so no query's selection depends on later events;
-- selection candidates are complete blocks strictly before the query's block; the current block is left to the
-  window branch, and NSA's always-on initial/local blocks are not forced in;
+- selection candidates are complete blocks strictly before the query's group; the group's own blocks are left
+  to the window branch, and NSA's always-on initial/local blocks are not forced in;
 - compression = mean pooling + a zero-initialised MLP correction over the flattened block (NSA: the MLP alone),
   so training starts from attention over block means.
 
@@ -69,6 +71,9 @@ BRANCHES = ("window", "compressed", "selected")
 # tiles against 128 keys than on 32-query tiles against 96 (measured on the 2-core machine of ANCHORS.md), which
 # more than pays for the extra masked keys. Capped by the window (a short window needs no long tile).
 WINDOW_TILE = 64
+# Query chunks of the compressed branch: chunk c attends only to the summaries that exist by its end, so the
+# masked (future) half of the query x summary scores is mostly skipped: 8 chunks compute ~56 % of them.
+CMP_CHUNKS = 8
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,10 @@ class SparseAttentionConfig:
     block_size: int = 32
     # 4 selected blocks = 128 exact far-past events per query, the same order as the window.
     top_k: int = 4
+    # Consecutive query blocks that share one selection (NSA shares per query group): 2 x 32 = 64 queries, the
+    # window's length, so the blocks a group cannot select (its own) are the ones the window sees. 64-query
+    # problems run ~1.7x more scores per ms in the CPU flash kernel than 32-query ones (ANCHORS machine).
+    select_group: int = 2
     # Each branch can be switched off for ablations (at least one must stay on).
     use_window: bool = True
     use_compressed: bool = True
@@ -95,8 +104,8 @@ class SparseAttentionConfig:
     def __post_init__(self) -> None:
         if self.d_model < 1 or self.n_heads < 1 or self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be a positive multiple of n_heads ({self.n_heads})")
-        if self.window < 1 or self.block_size < 1 or self.top_k < 1:
-            raise ValueError("window, block_size and top_k must be >= 1")
+        if self.window < 1 or self.block_size < 1 or self.top_k < 1 or self.select_group < 1:
+            raise ValueError("window, block_size, top_k and select_group must be >= 1")
         if not (self.use_window or self.use_compressed or self.use_selected):
             raise ValueError("at least one attention branch must be enabled")
         if not 0.0 <= self.dropout < 1.0:
@@ -175,16 +184,21 @@ class BlockLayout:
         return gather_rows(y, self.gather_out).view(B, L, C)
 
 
-def block_layout(valid: Tensor, block_size: int) -> BlockLayout:
-    """Shift each row left by ``(#padding mod block_size)`` so its first real event starts a block.
+def block_layout(valid: Tensor, block_size: int, align: int | None = None) -> BlockLayout:
+    """Shift each row left by ``(#padding mod align)`` so its first real event starts a block (and a group of
+    ``align / block_size`` blocks; ``align`` defaults to ``block_size``).
 
     NOTE: NSA cuts blocks from position 0 of a sequence without padding; with left-padded batches that would make
     block boundaries (and thus outputs) depend on the padding, so blocks start at each row's first real event.
+    Selection groups (``select_group`` blocks) must start there too: hence ``align``.
     """
+    align = block_size if align is None else align
+    if align % block_size:
+        raise ValueError(f"align ({align}) must be a multiple of block_size ({block_size})")
     B, L = valid.shape
     n_blocks = max(1, -(-L // block_size))
     Lp = n_blocks * block_size
-    shift = (L - valid.sum(1)) % block_size  # (B,)
+    shift = (L - valid.sum(1)) % align  # (B,)
     if not bool(shift.any()):
         aligned = valid if Lp == L else F.pad(valid, (0, Lp - L))
         return BlockLayout(L, n_blocks, block_size, aligned, None, None)
@@ -362,9 +376,10 @@ class MultiGranularitySparseAttention(nn.Module):
             key_ok = torch.cat([key_ok[:, j : j + nt] for j in range(nw + 1)], dim=2)  # (B, nt, wk)
             # the diagonal stays on so a padded query's row is never empty (its output is discarded)
             allowed = allowed & (key_ok[:, :, None, :] | (dist == 0))  # (B, nt, T, wk)
-        # heads=1, batch=(B, H, nt): the CPU flash kernel's fastest layout (no transposed gradients). The mask
-        # varies by tile (the first nw tiles lack keys), so it is materialised per problem, directly as the
-        # additive float bias SDPA would otherwise convert a boolean mask into (in forward and in backward).
+        # heads=1, batch=(B, H, nt): the CPU flash kernel's fastest layout (with heads > 1 its backward works on
+        # (batch, length, heads, dh) gradient buffers: zero-fills and transposing copies). The mask varies by
+        # tile (the first nw tiles lack keys), so it is materialised per problem, directly as the additive float
+        # bias SDPA would otherwise build from a boolean mask (in forward and again in backward).
         bias = torch.zeros(allowed.shape, dtype=q.dtype, device=dev).masked_fill_(~allowed, float("-inf"))
         bias = bias.view(-1, 1, nt, T, wk).expand(B, H, nt, T, wk).reshape(B * H * nt, 1, T, wk)
         q_w, k_w, v_w = tiles(q).view(-1, 1, T, dh), k_win.view(-1, 1, wk, dh), v_win.view(-1, 1, wk, dh)
@@ -387,46 +402,71 @@ class MultiGranularitySparseAttention(nn.Module):
         if allowed.shape[0] > 1:  # per-row padding: one mask per (row, head) for the heads=1 layout
             allowed = allowed.expand(B, H, nb * bs, nb).reshape(B * H, 1, nb * bs, nb)
         q_c, k_c, v_c = q.view(B * H, 1, nb * bs, dh), k_cmp.reshape(B * H, 1, nb, dh), v_cmp.reshape(B * H, 1, nb, dh)
-        out = _sdpa(q_c, k_c, v_c, allowed, self._dropout_p)  # (B*H, 1, Lp, dh)
+        # Causality skips work: the queries of blocks [a, b) see at most the summaries [0, b), so the query range
+        # is cut into chunks, each against its key prefix (~half the masked scores of one call at any length).
+        # (torch.split, not slicing: the backward of a slice zero-fills a full-size gradient per chunk)
+        bounds = torch.linspace(0, nb, min(CMP_CHUNKS, nb) + 1).round().long().tolist()
+        sizes = [(b - a) * bs for a, b in zip(bounds[:-1], bounds[1:])]
+        outs = [
+            _sdpa(q_part, k_c[:, :, :b], v_c[:, :, :b], mask_part[..., :b], self._dropout_p)
+            for q_part, mask_part, b in zip(q_c.split(sizes, dim=2), allowed.split(sizes, dim=2), bounds[1:])
+        ]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)  # (B*H, 1, Lp, dh)
         return out.view(B, H, nb, bs, dh), has_any.view(-1, 1, nb, bs, 1)
 
-    def selection(self, q: Tensor, k_cmp: Tensor, block_ok: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Top-k past blocks of every query block: (indices, usable), both (B, H, nb, k).
+    def _groups(self, nb: int) -> tuple[int, int]:
+        """(query blocks per selection group, number of groups)."""
+        g = min(self.config.select_group, nb)
+        return g, -(-nb // g)
 
-        NOTE: NSA selects per query; here query block i shares one selection, scored by the compressed-attention
-        logits of the last query before it (position i*bs - 1), so no query's selection depends on its future.
-        Candidates: complete, real blocks j < i (none for block 0). ``usable`` is False for the slots of a row
-        that has fewer than k candidates.
+    def selection(self, q: Tensor, k_cmp: Tensor, block_ok: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Top-k past blocks of every query group: (indices, usable), both (B, H, ng, k).
+
+        NOTE: NSA selects per query (shared across a GQA group); here the ``select_group`` consecutive query
+        blocks of group i (blocks i*g ... i*g+g-1) share one selection, scored by the compressed-attention logits
+        of the last query before the group (position i*g*bs - 1), so no query's selection depends on its future.
+        Candidates: complete, real blocks before the group (none for group 0). ``usable`` is False for the slots
+        of a row that has fewer than k candidates.
         """
         B, H, nb, bs, dh = q.shape
+        g, ng = self._groups(nb)
         k_eff = min(self.config.top_k, max(nb - 1, 1))
         with torch.no_grad():
-            q_prev = F.pad(q[:, :, :-1, -1], (0, 0, 1, 0))  # (B, H, nb, dh): the query closing block i-1
-            logits = torch.matmul(q_prev, k_cmp.transpose(-1, -2)).float()  # (B, H, nb, nb)
-            blocks = torch.arange(nb, device=q.device)
-            cand = blocks[None, :] < blocks[:, None]  # (nb, nb): block j is before query block i
+            first = torch.arange(ng, device=q.device) * g  # (ng,) first block of each group
+            q_prev = q[:, :, (first - 1).clamp(min=0), -1]  # (B, H, ng, dh): the query closing block first-1
+            logits = torch.matmul(q_prev, k_cmp.transpose(-1, -2)).float()  # (B, H, ng, nb)
+            cand = torch.arange(nb, device=q.device)[None, :] < first[:, None]  # (ng, nb): block j before group
             if block_ok is not None:
-                cand = cand & block_ok[:, None, None, :]  # (B, 1, nb, nb)
+                cand = cand & block_ok[:, None, None, :]  # (B, 1, ng, nb)
             logits.masked_fill_(~cand, float("-inf"))
-            top, idx = logits.topk(k_eff, dim=-1, sorted=False)  # (B, H, nb, k)
+            top, idx = logits.topk(k_eff, dim=-1, sorted=False)  # (B, H, ng, k)
         return idx, torch.isfinite(top)
 
     def _selected(self, q: Tensor, k: Tensor, v: Tensor, k_cmp: Tensor, block_ok: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Exact attention inside the selected blocks (all strictly in the past: no causal mask needed)."""
+        """Exact attention inside the selected blocks (all strictly before the group: no causal mask needed)."""
         B, H, nb, bs, dh = q.shape
+        g, ng = self._groups(nb)
         idx, usable = self.selection(q, k_cmp, block_ok)
         k_eff = idx.shape[-1]
         # One contiguous (bs*dh) row per selected block: a block gather, not a per-query gather.
         base = (torch.arange(B * H, device=q.device) * nb).view(B, H, 1, 1)
-        rows = (base + idx).reshape(-1)  # (B*H*nb*k,)
-        k_sel = gather_rows(k.view(B * H * nb, bs * dh), rows).view(-1, 1, k_eff * bs, dh)  # (B*H*nb, 1, k*bs, dh)
+        rows = (base + idx).reshape(-1)  # (B*H*ng*k,)
+        # heads=1, batch=(B, H, ng): see _window
+        k_sel = gather_rows(k.view(B * H * nb, bs * dh), rows).view(-1, 1, k_eff * bs, dh)  # (B*H*ng, 1, k*bs, dh)
         v_sel = gather_rows(v.view(B * H * nb, bs * dh), rows).view(-1, 1, k_eff * bs, dh)
-        has_any = usable.any(dim=-1, keepdim=True)  # (B, H, nb, 1)
+        has_any = usable.any(dim=-1, keepdim=True)  # (B, H, ng, 1)
         slot_ok = usable.clone()
-        slot_ok[..., 0] |= ~has_any[..., 0]  # placeholder key for rows without a usable block, zeroed via keep
-        allowed = slot_ok[..., None].expand(B, H, nb, k_eff, bs).reshape(-1, 1, 1, k_eff * bs)
-        out = _sdpa(q.view(-1, 1, bs, dh), k_sel, v_sel, allowed, self._dropout_p)
-        return out.view(B, H, nb, bs, dh), has_any[..., None]  # keep: (B, H, nb, 1, 1)
+        slot_ok[..., 0] |= ~has_any[..., 0]  # placeholder key for groups without a usable block, zeroed via keep
+        allowed = slot_ok[..., None].expand(B, H, ng, k_eff, bs).reshape(-1, 1, 1, k_eff * bs)
+        q_g = q.view(B * H, nb, bs, dh)
+        if ng * g != nb:  # the last group is short: pad it with empty query blocks, dropped below
+            q_g = F.pad(q_g, (0, 0, 0, 0, 0, ng * g - nb))
+        out = _sdpa(q_g.view(-1, 1, g * bs, dh), k_sel, v_sel, allowed, self._dropout_p)
+        out = out.view(B, H, ng * g, bs, dh)
+        keep = has_any[..., None].expand(B, H, ng, g, 1).reshape(B, H, ng * g, 1, 1)
+        if ng * g != nb:
+            out, keep = out[:, :, :nb].contiguous(), keep[:, :, :nb]
+        return out, keep  # keep: (B, H, nb, 1, 1)
 
     # -- public ----------------------------------------------------------------------------------------------
 
@@ -437,7 +477,7 @@ class MultiGranularitySparseAttention(nn.Module):
         B, L, D = x.shape
         check_left_padded(valid, L)
         H, dh, bs = cfg.n_heads, cfg.head_dim, cfg.block_size
-        layout = block_layout(valid, bs)
+        layout = block_layout(valid, bs, align=bs * cfg.select_group)
         nb, Lp = layout.n_blocks, layout.padded_length
         xb = layout.to_blocks(x)  # (B, Lp, D)
         qkv = self.qkv(xb).view(B, nb, bs, 3, H, dh).permute(3, 0, 4, 1, 2, 5).contiguous()

@@ -98,6 +98,8 @@ def load_model(folder: Path, fused: np.ndarray | None, device: str = "cpu"):
     from mufasa.models.sal import SALConfig, SALModel
 
     cfg = json.loads((Path(folder) / "config.json").read_text())
+    # models saved before selection groups existed selected per query block: keep their behaviour
+    cfg["model"].setdefault("select_group", 1)
     model_cfg = SALConfig(**cfg["model"])
     feats = None
     if model_cfg.item_feature_dim > 0:
