@@ -1,5 +1,5 @@
-"""DVC: `dvc repro` runs the stages in a fresh clone, a second one does nothing, and a Dagster run leaves
-`dvc.lock` current (`dvc status` clean)."""
+"""DVC: `dvc repro` runs the stages in a fresh clone, a second one does nothing, a Dagster run leaves
+`dvc.lock` current (`dvc status` clean), and `dvc push` / `dvc pull` move a run's data through the remote."""
 
 from __future__ import annotations
 
@@ -68,3 +68,48 @@ def test_dagster_run_leaves_dvc_lock_current(clone):
     for model, values in dagster_metrics.items():
         for key, value in values.items():
             assert dvc_metrics[model][key] == pytest.approx(value, abs=1e-4), (model, key)
+
+
+def _tree_md5(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".gitignore"  # DVC's own ignore files are committed to git
+    }
+
+
+def test_dvc_push_pull_round_trip_through_the_default_remote(clone, tmp_path):
+    """A teammate's fresh checkout gets the exact data of a run from the shared remote (`dvc push` / `dvc pull`)."""
+    run_ok([dvc_executable(), "repro", "sequences"], clone)  # ingest -> validate -> sequences: the data stages
+    run_ok(["git", "add", "-A"], clone)
+    run_ok(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "data run"], clone)
+    produced = {d: _tree_md5(clone / "data" / d) for d in ("raw", "sequences")}
+    assert produced["sequences"] and produced["raw"]
+
+    run_ok([dvc_executable(), "push"], clone)
+    storage = clone / ".dvc-storage"  # the default remote: `../.dvc-storage` relative to .dvc/config
+    assert sum(1 for p in storage.rglob("*") if p.is_file()) >= len(produced["sequences"])
+
+    teammate = tmp_path / "teammate"
+    run_ok(["git", "clone", "-q", str(clone), str(teammate)], tmp_path)
+    assert not _tree_md5(teammate / "data" / "sequences")  # data never travels through git
+    assert not (teammate / ".dvc" / "cache").exists()
+    # the teammate points the remote at the shared folder (a per-machine setting: .dvc/config.local)
+    run_ok([dvc_executable(), "remote", "modify", "--local", "local", "url", str(storage)], teammate)
+    run_ok([dvc_executable(), "pull", "--with-deps", "sequences"], teammate)
+    for d, files in produced.items():
+        assert _tree_md5(teammate / "data" / d) == files, d
+    status = run_ok([dvc_executable(), "status", "sequences"], teammate)
+    assert "up to date" in status.stdout, status.stdout
+    # and an emptied remote makes a pull fail loudly instead of leaving the checkout half-filled silently
+    empty = tmp_path / "empty-remote"
+    empty.mkdir()
+    other = tmp_path / "other"
+    run_ok(["git", "clone", "-q", str(clone), str(other)], tmp_path)
+    run_ok([dvc_executable(), "remote", "modify", "--local", "local", "url", str(empty)], other)
+    failed = subprocess.run(
+        [dvc_executable(), "pull", "--with-deps", "sequences"], cwd=other, env=tool_env(), capture_output=True, text=True
+    )
+    assert failed.returncode != 0
