@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -23,6 +25,15 @@ class StageName(str, Enum):
     gate = "gate"
 
 
+def _lock_timeout() -> float:
+    """Seconds a stage waits for another run's project lock (``MUFASA_LOCK_TIMEOUT``; default 0: fail at once)."""
+    raw = os.environ.get("MUFASA_LOCK_TIMEOUT", "0")
+    try:
+        return float(raw)
+    except ValueError:
+        raise typer.BadParameter(f"MUFASA_LOCK_TIMEOUT must be a number of seconds, got {raw!r}") from None
+
+
 @app.command()
 def stage(
     name: StageName = typer.Argument(..., help="Stage to run."),
@@ -34,6 +45,7 @@ def stage(
     from mufasa.data.schema import DataValidationError
     from mufasa.pipeline.params import ParamsError, load_params
     from mufasa.pipeline.paths import ProjectPaths, find_project_root
+    from mufasa.pipeline.lock import ProjectLocked, project_lock
     from mufasa.pipeline.stages import run_stage
     from mufasa.pipeline.tracking import NullTracker, Tracker, new_pipeline_key
 
@@ -44,8 +56,12 @@ def stage(
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc
     tracker = Tracker.for_project(paths.root, params.tracking.experiment) if track else NullTracker()
+    # Under torchrun (`torchrun --nproc_per_node N -m mufasa.cli stage train_sal`) rank 0 holds the lock for the job.
+    lock = project_lock(paths.root, f"mufasa stage {name.value}", timeout=_lock_timeout())
+    if int(os.environ.get("RANK", "0")) > 0:
+        lock = contextlib.nullcontext()
     try:
-        with tracker.stage_run(name.value, new_pipeline_key()) as run:
+        with lock, tracker.stage_run(name.value, new_pipeline_key()) as run:
             result = run_stage(
                 name.value,
                 params,
@@ -57,6 +73,9 @@ def stage(
     except (DataValidationError, FileNotFoundError) as exc:
         typer.secho(f"error: stage '{name.value}' rejected its input; nothing was written.\n{exc}", fg="red", err=True)
         raise typer.Exit(2) from exc
+    except ProjectLocked as exc:
+        typer.secho(f"error: stage '{name.value}' not started: {exc}", fg="red", err=True)
+        raise typer.Exit(4) from exc
     if name.value == "gate":
         info = result.info
         typer.echo(f"gate: {info['model']} version {info['version']} {info['decision']}")

@@ -13,6 +13,10 @@ retrain_job = define_asset_job(
     selection=AssetSelection.all(),
     executor_def=in_process_executor,
     description="Every stage, in order, with its blocking data checks.",
+    # One retrain at a time per checkout: .dagster/dagster.yaml limits runs with this tag to 1, so a scheduled,
+    # sensor-triggered or UI-launched retrain queues behind a running one (and the project lock of
+    # mufasa.pipeline.lock stops out-of-band runs, e.g. `dagster job execute`, with a clear error).
+    tags={"mufasa/pipeline": "retrain"},
 )
 
 retrain_schedule = ScheduleDefinition(

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
 
 from mufasa.config import Params
+from mufasa.pipeline.lock import project_lock
 from mufasa.pipeline.params import load_params
 from mufasa.pipeline.paths import ProjectPaths
 from mufasa.pipeline.tracking import NullTracker, Tracker
@@ -26,6 +29,18 @@ class MufasaProject(ConfigurableResource):
     """
 
     root: str = str(DEFAULT_ROOT)
+    # Seconds a run waits for another run's project lock (0: fail at once with the holder named). Runs launched
+    # from the UI, the schedule or the sensor already queue in Dagster (tag concurrency limit in dagster.yaml).
+    lock_timeout_s: float = 0.0
+
+    @contextlib.contextmanager
+    def yield_for_execution(self, context: InitResourceContext) -> Iterator["MufasaProject"]:
+        """A run holds the project lock from its first step to its end, so two runs never interleave stages."""
+        if context.run_id is None:  # sensors, schedules, definitions loading: no lock
+            yield self
+            return
+        with project_lock(Path(self.root), f"dagster run {context.run_id}", timeout=self.lock_timeout_s):
+            yield self
 
     @property
     def paths(self) -> ProjectPaths:
