@@ -1,5 +1,7 @@
 """Dagster entry point: wires assets, checks, resources, the retrain job and its schedule."""
 
+import os
+
 from dagster import Definitions
 
 from orchestration.defs.assets import ASSETS
@@ -14,5 +16,10 @@ defs = Definitions(
     jobs=[retrain_job],
     schedules=[retrain_schedule],
     sensors=SENSORS,
-    resources={"project": MufasaProject(), "mlflow": MlflowTracking(), "dvc": DvcResource()},
+    resources={
+        "project": MufasaProject(),
+        "mlflow": MlflowTracking(),
+        # MUFASA_DVC_PUSH=1: push each stage's outputs to the DVC remote (team / Kubernetes setups)
+        "dvc": DvcResource(push=os.environ.get("MUFASA_DVC_PUSH", "0") == "1"),
+    },
 )

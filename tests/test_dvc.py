@@ -88,7 +88,12 @@ def test_dvc_push_pull_round_trip_through_the_default_remote(clone, tmp_path):
     produced = {d: _tree_md5(clone / "data" / d) for d in ("raw", "sequences")}
     assert produced["sequences"] and produced["raw"]
 
-    run_ok([dvc_executable(), "push"], clone)
+    # what a Dagster run does per stage with MUFASA_DVC_PUSH=1: `dvc commit` + `dvc push` (DvcResource)
+    from orchestration.defs.resources import DvcResource
+
+    dvc = DvcResource(push=True, executable=dvc_executable())
+    for stage in ("ingest", "validate", "sequences"):
+        dvc.commit(clone, stage)
     storage = clone / ".dvc-storage"  # the default remote: `../.dvc-storage` relative to .dvc/config
     assert sum(1 for p in storage.rglob("*") if p.is_file()) >= len(produced["sequences"])
 

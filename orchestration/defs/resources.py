@@ -75,6 +75,10 @@ class DvcResource(ConfigurableResource):
 
     enabled: bool = True
     executable: str | None = None
+    # Also `dvc push <stage>` to the default remote after each commit: teammates and ephemeral run pods
+    # (Kubernetes) then `dvc pull` exactly what this run produced. Off by default (the local remote is a folder
+    # of this checkout); definitions.py reads MUFASA_DVC_PUSH=1.
+    push: bool = False
 
     def _dvc(self, root: Path) -> str:
         if self.executable:
@@ -104,4 +108,11 @@ class DvcResource(ConfigurableResource):
         )
         if proc.returncode != 0:
             raise RuntimeError(f"dvc commit {stage} failed ({proc.returncode}): {proc.stderr.strip()}")
-        return proc.stdout
+        if not self.push:
+            return proc.stdout
+        pushed = subprocess.run(
+            [self._dvc(root), "push", "--quiet", stage], cwd=root, env=env, capture_output=True, text=True, check=False
+        )
+        if pushed.returncode != 0:
+            raise RuntimeError(f"dvc push {stage} failed ({pushed.returncode}): {pushed.stderr.strip()}")
+        return proc.stdout + pushed.stdout
