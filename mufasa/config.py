@@ -118,6 +118,9 @@ class TrainMFLConfig:
 
     enabled: bool = True  # False: no fused vectors; SAL falls back to ID embeddings (the MFL-off ablation)
     collab_window: int = Field(default=5, ge=1)  # co-occurrence window (events) for the collaborative space
+    # Data-parallel processes (PyTorch DDP; gloo on CPU, NCCL on GPU). > 1: the stage starts itself under
+    # `torchrun --standalone --nproc_per_node nproc`; train.batch_size stays the global batch. 1: in-process.
+    nproc: int = Field(default=1, ge=1)
     fusion: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
 
@@ -126,6 +129,8 @@ class TrainMFLConfig:
 class TrainSALConfig:
     """``train_sal``: checked key by key against ``SALConfig`` (``model``) and ``SALTrainConfig`` (``train``)."""
 
+    # Data-parallel processes, as train_mfl.nproc (DDP under torchrun; train.batch_size stays the global batch).
+    nproc: int = Field(default=1, ge=1)
     model: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
 
@@ -156,7 +161,17 @@ class GateConfig:
 
 @dataclass(frozen=True, config=_STRICT)
 class TrackingConfig:
+    """``tracking``: where MLflow keeps runs and the model registry (no stage reads it, so DVC ignores it)."""
+
     experiment: str = "mufasa"
+    # None: the project's SQLite store mlflow/mlflow.db. For a team: an MLflow server (http://127.0.0.1:5001,
+    # artifacts proxied by the server) or a database URI (postgresql+psycopg2://user:password@host:5433/mlflow;
+    # the driver named: SQLAlchemy >= 2.1 reads a bare postgresql:// as psycopg 3, which is not installed).
+    # The environment variable MLFLOW_TRACKING_URI, when set, wins over this value.
+    uri: str | None = None
+    # Artifact folder for experiments created in a database store (sqlite/postgresql URI), relative to the project
+    # root or absolute. None: beside a SQLite file, else mlflow/artifacts. A server keeps its own (--artifacts-*).
+    artifact_root: str | None = None
 
 
 @dataclass(frozen=True, config=_STRICT)

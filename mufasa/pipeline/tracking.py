@@ -1,7 +1,8 @@
 """MLflow tracking adapter: one parent run per pipeline run, one nested run per stage.
 
 The store defaults to the project's ``mlflow/`` folder (SQLite backend ``mlflow/mlflow.db``, artifacts under
-``mlflow/artifacts``); ``MLFLOW_TRACKING_URI`` overrides it for a shared server. A pipeline run is identified by a
+``mlflow/artifacts``); ``params.yaml`` ``tracking.uri`` or, above it, ``MLFLOW_TRACKING_URI`` points it at a shared
+MLflow server (``http://...``) or a database (``postgresql://...``). A pipeline run is identified by a
 key (the Dagster run id, or ``MUFASA_PIPELINE_RUN`` for the CLI/DVC path), stored as the tag
 ``mufasa.pipeline_run`` on the parent run, so every stage of one pipeline run nests under the same parent even
 when the stages run in separate processes (as under ``dvc repro``).
@@ -16,18 +17,62 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mufasa.config import TrackingConfig
 
 PIPELINE_TAG = "mufasa.pipeline_run"
 STAGE_TAG = "mufasa.stage"
 ROLE_TAG = "mufasa.role"  # "pipeline" on parent runs, "stage" on nested ones
 
 
-def default_tracking_uri(root: Path) -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else the project's SQLite store in ``mlflow/``."""
+def _is_main_rank() -> bool:
+    """False in torchrun workers other than rank 0 (``RANK``): a DDP stage is tracked once, by rank 0."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+_DATABASE_SCHEMES = {"sqlite", "postgresql", "mysql", "mssql"}  # SQLAlchemy stores, e.g. postgresql+psycopg2
+
+
+def is_database_uri(uri: str) -> bool:
+    """True for a direct SQLAlchemy backend store (``sqlite:///``, ``postgresql://``, ...), not a server."""
+    return uri.split(":", 1)[0].split("+", 1)[0].lower() in _DATABASE_SCHEMES
+
+
+def project_tracking_config(root: Path) -> TrackingConfig:
+    """The ``tracking`` section of ``<root>/params.yaml`` (defaults when the file or the section is absent).
+
+    Only that section is read, so callers that have no parsed :class:`~mufasa.config.Params` at hand (``mufasa
+    promote``, the Dagster resource) still honour ``tracking.uri``.
+    """
+    import yaml
+    from pydantic import TypeAdapter, ValidationError
+
+    from mufasa.config import TrackingConfig
+
+    path = Path(root) / "params.yaml"
+    raw = yaml.safe_load(path.read_text()) if path.is_file() else None
+    section = raw.get("tracking") if isinstance(raw, dict) else None
+    try:
+        return TypeAdapter(TrackingConfig).validate_python(section or {})
+    except ValidationError as exc:
+        raise ValueError(f"{path}: tracking: {exc}") from exc
+
+
+def default_tracking_uri(root: Path, config: TrackingConfig | None = None) -> str:
+    """The project's MLflow store, first found of:
+
+    1. ``MLFLOW_TRACKING_URI`` (the environment: one shell, one CI job);
+    2. ``tracking.uri`` of ``config`` (default: read from ``<root>/params.yaml``): a server or a database URI;
+    3. the project's SQLite store ``<root>/mlflow/mlflow.db``.
+    """
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
+    configured = (config if config is not None else project_tracking_config(root)).uri
+    if configured:
+        return configured
     return f"sqlite:///{(Path(root) / 'mlflow' / 'mlflow.db').resolve()}"
 
 
@@ -112,8 +157,22 @@ class Tracker:
         self.artifact_root = artifact_root
 
     @classmethod
-    def for_project(cls, root: Path, experiment: str = "mufasa") -> Tracker:
-        return cls(default_tracking_uri(root), experiment)
+    def for_project(cls, root: Path, experiment: str = "mufasa", config: TrackingConfig | None = None) -> Tracker:
+        """The store of :func:`default_tracking_uri`; ``config`` defaults to ``<root>/params.yaml`` ``tracking``.
+
+        A database URI other than SQLite (e.g. ``postgresql://``) keeps new experiments' artifacts in
+        ``tracking.artifact_root`` (default ``<root>/mlflow/artifacts``), never in ``./mlruns`` of the cwd; a
+        server (``http://``) stores them where it was told to (``mlflow server --artifacts-destination``).
+        """
+        config = config if config is not None else project_tracking_config(root)
+        uri = default_tracking_uri(root, config)
+        artifact_root = None
+        if is_database_uri(uri):
+            if config.artifact_root:
+                artifact_root = (Path(root) / config.artifact_root).resolve()  # an absolute path stays as is
+            elif not uri.startswith("sqlite:"):
+                artifact_root = (Path(root) / "mlflow" / "artifacts").resolve()
+        return cls(uri, experiment, artifact_root)
 
     def _experiment_id(self) -> str:
         from mlflow import MlflowClient
@@ -149,15 +208,20 @@ class Tracker:
         return run.info.run_id
 
     def _url(self, experiment_id: str, run_id: str) -> str | None:
-        base = os.environ.get("MUFASA_MLFLOW_UI_URL", "http://127.0.0.1:5000")
+        server = self.tracking_uri.rstrip("/") if self.tracking_uri.startswith(("http://", "https://")) else None
+        base = os.environ.get("MUFASA_MLFLOW_UI_URL") or server or "http://127.0.0.1:5000"
         return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
     @contextmanager
     def stage_run(self, stage: str, pipeline_key: str, tags: dict[str, str] | None = None) -> Iterator[StageRun]:
         """A nested MLflow run for ``stage`` under the parent run of ``pipeline_key``.
 
-        The run ends FINISHED, or FAILED with the exception text as a tag when the body raises.
+        The run ends FINISHED, or FAILED with the exception text as a tag when the body raises. In a torchrun
+        worker other than rank 0 it is a no-op run (nothing is logged).
         """
+        if not _is_main_rank():
+            yield _NullRun("", "", "", None)
+            return
         from mlflow import MlflowClient
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
@@ -194,7 +258,10 @@ class Tracker:
 
     def record_pipeline_failure(self, pipeline_key: str, reason: str) -> str:
         """Mark the parent run of ``pipeline_key`` FAILED with ``reason`` (created if no stage ever started)."""
+        if not _is_main_rank():
+            return ""
         from mlflow import MlflowClient
+
 
         experiment_id = self._experiment_id()
         parent = self._parent_run(experiment_id, pipeline_key)

@@ -8,6 +8,8 @@ Outputs: ``data/fused/items.npy`` (N, out_dim) unit rows in ``items.parquet`` or
 (state dict) + ``config.json``; ``reports/mfl/{curves,projection}.png``; ``metrics/mfl.json`` (diagnostics).
 Checkpoints go to ``checkpoints/train_mfl/<inputs hash>/`` and are removed once the stage succeeds, so a killed
 run resumes where it stopped and a finished one never resumes stale state.
+
+``train_mfl.nproc`` > 1 trains with DDP under torchrun (:func:`data_parallel_stage`, shared with ``train_sal``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,6 +31,7 @@ from mufasa.data.sequences import read_train_sequences
 from mufasa.data.vocab import ItemVocab
 from mufasa.pipeline.features import read_features, save_npy
 from mufasa.pipeline.paths import ProjectPaths
+from mufasa.training import distributed
 from mufasa.training.common import MetricsCallback
 
 
@@ -43,7 +49,66 @@ def _inputs_hash(paths: ProjectPaths, cfg_json: str) -> str:
     return h.hexdigest()[:16]
 
 
+def data_parallel_stage(
+    name: str,
+    nproc: int,
+    device: str,
+    body: Callable,
+    params,
+    paths: ProjectPaths,
+    on_metrics: MetricsCallback | None = None,
+):
+    """Run training stage ``body(params, paths, on_metrics)`` in this process or as a DDP job of ``nproc`` ranks.
+
+    - ``nproc`` > 1 and not under torchrun: start ``torchrun --standalone --nproc_per_node nproc -m mufasa.cli stage
+      <name> --no-track`` on these ``params`` (written to a temp file) and return rank 0's ``StageResult``. Rank 0's
+      per-epoch metrics come back to ``on_metrics`` here, so this process's tracker (CLI, Dagster) logs the run as
+      it logs an in-process one; the workers log nothing themselves. A failed job raises ``RuntimeError``.
+    - Under torchrun (so launched, or ``torchrun ... -m mufasa.cli stage <name>`` by hand): join the process group
+      (NCCL for a CUDA ``device``, else gloo) and run ``body`` on every rank; rank 0 writes the outputs, the other
+      ranks return an empty ``StageResult``.
+    - Otherwise: ``body`` in this process, exactly as without this wrapper.
+    """
+    from mufasa.pipeline.stages import StageResult
+
+    if distributed.needs_launch(nproc):
+        with tempfile.TemporaryDirectory(prefix="mufasa-params-") as tmp:
+            params_file = Path(tmp) / "params.json"  # JSON is YAML: load_params reads it like params.yaml
+            params_file.write_text(json.dumps(dataclasses.asdict(params), default=str))
+            argv = ["-m", "mufasa.cli", "stage", name, "--no-track", "--root", str(paths.root), "--params", str(params_file)]
+            payload = distributed.launch(argv, nproc, on_metrics)
+        if payload is None:
+            raise RuntimeError(f"{name}: the torchrun job of {nproc} processes ended without rank 0's result")
+        return StageResult(
+            payload["stage"],
+            {k: Path(v) for k, v in payload["outputs"].items()},
+            payload["metrics"],
+            payload["params"],
+            payload["info"],
+            tuple(Path(a) for a in payload["artifacts"]),
+        )
+    with distributed.process_group(device):
+        result = body(params, paths, distributed.relay_metrics(on_metrics))
+    distributed.publish_result(  # rank 0 of a launched job: back to the launching process
+        {
+            "stage": result.stage,
+            "outputs": {k: str(v) for k, v in result.outputs.items()},
+            "metrics": result.metrics,
+            "params": result.params,
+            "info": result.info,
+            "artifacts": [str(a) for a in result.artifacts],
+        }
+    )
+    return result
+
+
 def run_train_mfl(params, paths: ProjectPaths, on_metrics: MetricsCallback | None = None):
+    cfg = params.train_mfl
+    nproc = cfg.nproc if cfg.enabled else 1  # MFL off trains nothing
+    return data_parallel_stage("train_mfl", nproc, cfg.train.get("device", "auto"), _train_mfl, params, paths, on_metrics)
+
+
+def _train_mfl(params, paths: ProjectPaths, on_metrics: MetricsCallback | None = None):
     from mufasa.pipeline.params import mfl_configs
     from mufasa.pipeline.stages import StageResult
     from mufasa.training.diagnostics import plot_fused_projection, plot_training_curves
@@ -53,6 +118,8 @@ def run_train_mfl(params, paths: ProjectPaths, on_metrics: MetricsCallback | Non
     fused_path = paths.root / "data" / "fused" / "items.npy"
     model_dir = paths.root / "models" / "mfl"
     if not params.train_mfl.enabled:
+        if not distributed.is_main():  # under torchrun: one writer
+            return StageResult("train_mfl", {}, info={"rank": distributed.rank()})
         # MFL off (ablation / ID-only SAL): zero-width fused vectors keep every output and DVC stage in place.
         save_npy(np.zeros((len(items), 0), dtype=np.float32), fused_path)
         with atomic_path(model_dir) as tmp:
@@ -101,6 +168,8 @@ def run_train_mfl(params, paths: ProjectPaths, on_metrics: MetricsCallback | Non
         on_metrics=on_metrics,
     )
 
+    if not distributed.is_main():  # DDP: rank 0 writes the outputs
+        return StageResult("train_mfl", {}, info={"rank": distributed.rank()})
     save_npy(result.fused.astype(np.float32), fused_path)
     with atomic_path(model_dir) as tmp:
         tmp.mkdir()

@@ -5,6 +5,7 @@ Inputs: ``data/sequences/`` (train histories; validation targets for early stopp
 embeddings alone). Outputs: ``models/sal/model.pt`` (state dict) + ``config.json``, ``metrics/sal.json`` (the
 best validation row) and ``reports/sal/curves.png``. Checkpoints live in ``checkpoints/train_sal/<variant>/``
 and are removed on success, so a killed run resumes and a finished one never resumes stale state.
+``train_sal.nproc`` > 1 trains with DDP under torchrun (:func:`mufasa.pipeline.train_mfl.data_parallel_stage`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from mufasa.data.io import atomic_path, tree_md5, write_json
 from mufasa.evaluation.protocol import EvalData, Histories, load_eval_data
 from mufasa.pipeline.paths import ProjectPaths
+from mufasa.training import distributed
 from mufasa.training.common import MetricsCallback
 
 
@@ -78,7 +80,8 @@ def train_variant(params, inputs: SALInputs, root: Path, variant: str, on_metric
         checkpoint_dir=ckpt,
         on_metrics=on_metrics,
     )
-    shutil.rmtree(ckpt, ignore_errors=True)
+    if distributed.is_main():  # under DDP the checkpoint is rank 0's
+        shutil.rmtree(ckpt, ignore_errors=True)
     return model_cfg, train_cfg, result
 
 
@@ -126,11 +129,21 @@ class SALScorer:
 
 
 def run_train_sal(params, paths: ProjectPaths, on_metrics: MetricsCallback | None = None):
+    from mufasa.pipeline.train_mfl import data_parallel_stage
+
+    cfg = params.train_sal
+    device = cfg.train.get("device", "auto")
+    return data_parallel_stage("train_sal", cfg.nproc, device, _train_sal, params, paths, on_metrics)
+
+
+def _train_sal(params, paths: ProjectPaths, on_metrics: MetricsCallback | None = None):
     from mufasa.pipeline.stages import StageResult
     from mufasa.training.diagnostics import plot_training_curves
 
     inputs = load_inputs(paths)
     model_cfg, train_cfg, result = train_variant(params, inputs, paths.root, "mufasa", on_metrics=on_metrics)
+    if not distributed.is_main():  # DDP: rank 0 writes the outputs
+        return StageResult("train_sal", {}, info={"rank": distributed.rank()})
     folder = save_model(result.model, model_cfg, train_cfg, paths.root / "models" / "sal")
     best = {k: float(v) for k, v in result.best.items() if isinstance(v, (int, float))}
     write_json(best, paths.metrics_dir / "sal.json")

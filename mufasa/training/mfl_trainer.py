@@ -16,6 +16,13 @@ items, evaluated in eval mode over fixed chunks of ``batch_size`` items. Held-ou
 batch, so the criterion measures how the fusion *generalises* to items it did not fit — which is what cold items
 need — and its value is comparable across epochs because the chunks never change. The held-out title- and
 collaborative-kNN overlaps are logged beside it (monitoring only).
+
+Under torchrun (:mod:`mufasa.training.distributed`) the loop is data-parallel (DDP): each rank runs the fusion model
+on a contiguous shard of every global batch, the shards' outputs are all-gathered (differentiably), and every
+rank evaluates the objective on the whole global batch. Every MFL term couples the rows of a batch (InfoNCE
+in-batch negatives, pairwise structure, uniformity, batch covariance), so gathering — not averaging per-shard
+losses — is what keeps the objective, its in-batch negatives and its gradient those of a 1-process run.
+Validation runs on rank 0 and is broadcast; checkpoints, callbacks and the progress bar are rank 0's.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from tqdm.auto import tqdm
 
 from mufasa.models.fusion import FusionConfig, MultimodalFusion
 from mufasa.models.mfl_losses import MFLLossWeights, mfl_objective
+from mufasa.training import distributed
 from mufasa.training.common import (
     Checkpointer,
     EarlyStopping,
@@ -197,6 +205,7 @@ class MFLTrainConfig:
     # Small catalogues converge in tens of epochs; early stopping usually ends the run first.
     epochs: int = 100
     # In-batch negatives: 256 is ~15% of ML-100k's catalogue, enough negatives of every genre per batch.
+    # Global: DDP ranks each encode a shard, and the losses see the whole gathered batch.
     batch_size: int = 256
     # AdamW at 1e-3 suits small MLP heads; no schedule, so a resumed run with more epochs continues exactly.
     lr: float = 1e-3
@@ -321,14 +330,19 @@ def train_mfl(
     run resumes from it (same configuration required, except epochs/patience/device/progress): a run stopped
     after k epochs and resumed to E gives the same result as an uninterrupted E-epoch run. ``on_metrics(epoch,
     row)`` receives each history row, and finally ``on_metrics(epochs_run, {"diag_<name>": ...})``.
+
+    Inside a torchrun process group (:func:`mufasa.training.distributed.process_group`) every rank calls this
+    with the same arguments and gets the same result; only rank 0 checkpoints and calls ``on_metrics``.
     """
     needs_collab = train_cfg.losses.collaborative > 0
     if needs_collab and fusion_cfg.collab_dim == 0:
         raise ValueError("the collaborative loss is on but FusionConfig.collab_dim is 0")
     n = _check_inputs(fusion_cfg, needs_collab, text, image, image_mask, side, collab, collab_mask, genres)
-    device = resolve_device(train_cfg.device)
+    world = distributed.world_size()
+    main = distributed.is_main()
+    device = distributed.local_device(resolve_device(train_cfg.device))
     weights = train_cfg.losses
-    seed_everything(train_cfg.seed)
+    seed_everything(train_cfg.seed)  # same seed on every rank: same init, same batches
     model = MultimodalFusion(fusion_cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     stopper = EarlyStopping(patience=train_cfg.patience, mode="min")
@@ -356,6 +370,29 @@ def train_mfl(
             collab_b = model.project_collab(X["collab"][rows]) if needs_collab else None
             mask_b = X["collab_mask"][rows] if needs_collab else None
             return mfl_objective(out.tokens, out.masks, out.fused, X["text"][rows], collab_b, mask_b, weights)
+
+    def sharded_batch_loss(net: MultimodalFusion, batch: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """DDP forward: this rank encodes its shard of global batch ``batch``; the objective sees the whole batch."""
+        mine = distributed.shard(batch)
+        counts = distributed.shard_sizes(len(batch))
+        local = train_index[torch.as_tensor(mine if len(mine) else batch[:1], device=device)]  # placeholder if empty
+        rows = train_index[torch.as_tensor(batch, device=device)]
+        with autocast(device):
+            out = net(
+                X["text"][local],
+                None if X["image"] is None else X["image"][local],
+                None if X["image_mask"] is None else X["image_mask"][local],
+                None if X["side"] is None else X["side"][local],
+            )
+            parts: dict[str, torch.Tensor | None] = {"fused": out.fused}
+            parts.update({f"token/{m}": t for m, t in out.tokens.items()})
+            parts.update({f"mask/{m}": t for m, t in out.masks.items()})
+            parts["collab"] = net.project_collab(X["collab"][local]) if needs_collab else None
+            g = distributed.gather_rows(parts, counts)  # (B, ...) each, in global-batch order
+            tokens = {m: g[f"token/{m}"] for m in out.tokens}
+            masks = {m: g[f"mask/{m}"] for m in out.masks}
+            mask_b = X["collab_mask"][rows] if needs_collab else None
+            return mfl_objective(tokens, masks, g["fused"], X["text"][rows], g["collab"], mask_b, weights)
 
     @torch.no_grad()
     def validate() -> dict[str, float]:
@@ -405,19 +442,26 @@ def train_mfl(
         history = list(state["history"])
         start_epoch = resumed_from = int(state["epoch"])
         set_rng_state(state["rng"])
+    distributed.check_same("checkpoint epoch", start_epoch)
+    # DDP's forward is the sharded objective; `model` stays the bare module for validation and state dicts.
+    net = distributed.data_parallel(model, sharded_batch_loss, device) if world > 1 else None
 
     total_steps = max(train_cfg.epochs - start_epoch, 0) * len(sampler)
-    bar = tqdm(total=total_steps, desc="MFL", disable=not train_cfg.progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(total=total_steps, desc="MFL", disable=not (train_cfg.progress and main), leave=False,
+               dynamic_ncols=True)
     epoch = start_epoch
     model.train()
     try:
         while epoch < train_cfg.epochs and not stopper.should_stop:
             t0 = time.perf_counter()
+            distributed.seed_rank(train_cfg.seed, epoch)
             sums: dict[str, torch.Tensor] = {}
             seen = 0
             for batch in sampler.epoch_batches(epoch):
-                rows = train_index[torch.as_tensor(batch, device=device)]
-                total, terms = batch_loss(rows)
+                if net is None:
+                    total, terms = batch_loss(train_index[torch.as_tensor(batch, device=device)])
+                else:  # the same global objective on every rank, so its value needs no reduction
+                    total, terms = net(batch)
                 opt.zero_grad(set_to_none=True)
                 total.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
@@ -426,22 +470,23 @@ def train_mfl(
                     sums[k] = sums.get(k, 0.0) + v.detach().float() * len(batch)
                 seen += len(batch)
                 bar.update(1)
-                if train_cfg.progress:
+                if train_cfg.progress and main:
                     bar.set_postfix(epoch=epoch + 1, loss=f"{float(total):.4f}")
             epoch += 1
             # float() synchronises the device, so train_seconds covers all queued GPU work of the epoch.
             row: dict[str, float] = {"epoch": float(epoch), **{k: float(v) / seen for k, v in sums.items()}}
             train_seconds = time.perf_counter() - t0
-            row.update(validate())
+            # rank 0 validates; every rank gets its numbers, so all take the same early-stopping decisions
+            row.update(distributed.broadcast_object(validate() if main else None))
             criterion = row.get("val_loss", row["loss"])  # no held-out items: fall back to the training loss
             if stopper.update(criterion, epoch):
                 best_state = copy.deepcopy(model.state_dict())
             row.update({"best_epoch": float(stopper.best_step), "train_seconds": train_seconds,
                         "seconds": time.perf_counter() - t0, "items_per_s": seen / max(train_seconds, 1e-9)})
             history.append(row)
-            if on_metrics is not None:
+            if on_metrics is not None and main:
                 on_metrics(epoch, dict(row))
-            if ckpt is not None:
+            if ckpt is not None and main:
                 ckpt.save({
                     "fingerprint": fingerprint,
                     "epoch": epoch,
@@ -454,6 +499,7 @@ def train_mfl(
                 })
     finally:
         bar.close()
+    distributed.barrier()  # rank 0's last checkpoint is on disk before any rank returns (and maybe resumes from it)
 
     model.load_state_dict(best_state)
     model.eval()
@@ -467,6 +513,6 @@ def train_mfl(
             if key in history[-1]:
                 best_row = next((r for r in history if r["epoch"] == stopper.best_step), history[-1])
                 diagnostics[f"best_{key}"] = best_row.get(key, float("nan"))
-    if on_metrics is not None:
+    if on_metrics is not None and main:
         on_metrics(epoch, {f"diag_{k}": float(v) for k, v in diagnostics.items()})
     return MFLTrainResult(model, fused, history, diagnostics, epoch, resumed_from)

@@ -11,6 +11,11 @@
 - AdamW with gradient clipping, bf16 autocast on CUDA, a checkpoint after every epoch (model, optimizer, early
   stopping, best weights, history, RNG states) and exact resume: a run stopped after k epochs and resumed to E
   follows the same curve as an uninterrupted E-epoch run.
+- Under torchrun (:mod:`mufasa.training.distributed`): DDP, each rank takes a contiguous shard of every global
+  batch and scales its mean loss by ``world · P_rank / P_batch`` (P = positions with a target), so DDP's gradient
+  mean equals the gradient of the global batch's mean loss. Exact for ``loss: full``; the sampled softmax draws
+  its in-batch negatives from the rank's shard only (the estimate stays unbiased, the draws differ).
+  Validation runs on rank 0 and is broadcast; checkpoints, callbacks and the progress bar are rank 0's.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from tqdm.auto import tqdm
 
 from mufasa.evaluation.metrics import metrics_from_ranks, target_ranks
 from mufasa.models.sal import SALConfig, SALModel
+from mufasa.training import distributed
 from mufasa.training.common import (
     Checkpointer,
     EarlyStopping,
@@ -64,7 +70,7 @@ class SALTrainConfig:
 
     # Enough for ML-100k-sized data to converge; early stopping usually ends the run first.
     epochs: int = 200
-    # Users per batch; each contributes up to max_len positions to the loss.
+    # Users per batch; each contributes up to max_len positions to the loss. Global: split across DDP ranks.
     batch_size: int = 128
     # SASRec's Adam learning rate; no schedule, so a resumed run with more epochs continues exactly.
     lr: float = 1e-3
@@ -294,6 +300,10 @@ def train_sal(
     With ``checkpoint_dir``, ``last.pt`` there is written after every epoch and, when present at the start, the
     run resumes from it (same configuration and data required, except epochs/patience/device/progress).
     ``on_metrics(epoch, row)`` receives each history row.
+
+    Inside a torchrun process group (:func:`mufasa.training.distributed.process_group`) every rank calls this
+    with the same arguments; they train one DDP model on shards of each global batch and return the same result,
+    while only rank 0 checkpoints and calls ``on_metrics``.
     """
     seqs = tuple(np.asarray(a, dtype=np.int64) for a in train_seqs)
     valid_targets = np.asarray(valid_targets, dtype=np.int64)
@@ -303,8 +313,10 @@ def train_sal(
         raise ValueError(f"train max_len {max_len} exceeds the model's max_len {model_cfg.max_len}")
     offsets = seqs[0]
 
-    device = resolve_device(train_cfg.device)
-    generator = seed_everything(train_cfg.seed)
+    world = distributed.world_size()
+    main = distributed.is_main()
+    device = distributed.local_device(resolve_device(train_cfg.device))
+    generator = seed_everything(train_cfg.seed)  # same seed on every rank: same init, same global batch order
     feats = None if item_features is None else torch.as_tensor(np.asarray(item_features), dtype=torch.float32)
     model = SALModel(model_cfg, feats).to(device)
     opt = _optimizer(model, train_cfg)
@@ -335,34 +347,54 @@ def train_sal(
         history = list(state["history"])
         start_epoch = resumed_from = int(state["epoch"])
         set_rng_state(state["rng"], generator)
+    distributed.check_same("checkpoint epoch", start_epoch)
+    # DDP's forward is the loss (it only synchronises gradients through forward()); `model` stays the bare module
+    # for validation and state dicts.
+    net = distributed.data_parallel(model, SALModel.calculate_loss, device) if world > 1 else None
 
     n_batches = -(-len(train_users) // train_cfg.batch_size)
     total = max(train_cfg.epochs - start_epoch, 0) * n_batches
-    bar = tqdm(total=total, desc="SAL", disable=not train_cfg.progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(total=total, desc="SAL", disable=not (train_cfg.progress and main), leave=False, dynamic_ncols=True)
     epoch = start_epoch
     try:
         while epoch < train_cfg.epochs and not stopper.should_stop:
             t0 = time.perf_counter()
             model.train()
+            distributed.seed_rank(train_cfg.seed, epoch)
             loss_sum, weight_sum = 0.0, 0
             for batch_pos in length_bucketed_batches(lengths[train_users], train_cfg.batch_size, generator):
                 rows = train_users[batch_pos]
-                batch = pad_sequences(*seqs, rows, max_len, with_targets=True).to(device)
-                with autocast(device):
-                    loss = model.calculate_loss(batch.items, batch.timestamps, batch.targets)
+                if net is None:
+                    batch = pad_sequences(*seqs, rows, max_len, with_targets=True).to(device)
+                    with autocast(device):
+                        loss = model.calculate_loss(batch.items, batch.timestamps, batch.targets)
+                    scaled = loss
+                    n_pos = int((batch.targets > 0).sum())
+                else:
+                    mine = distributed.shard(rows)  # an empty shard runs one row at weight 0 (DDP needs a backward)
+                    batch = pad_sequences(*seqs, mine if len(mine) else rows[:1], max_len, with_targets=True).to(device)
+                    with autocast(device):
+                        loss = net(batch.items, batch.timestamps, batch.targets)
+                    n_pos = int((batch.targets > 0).sum()) if len(mine) else 0
+                    n_batch = int(np.minimum(lengths[rows] - 1, max_len).sum())  # target positions of the global batch
+                    scaled = loss * (world * n_pos / n_batch)  # DDP averages over ranks: this sums to the global mean
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                scaled.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
                 opt.step()
-                n_pos = int((batch.targets > 0).sum())
                 loss_sum += loss.item() * n_pos
                 weight_sum += n_pos
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}", refresh=False)
             epoch += 1
+            if net is not None:
+                loss_sum, weight_sum = distributed.all_reduce_sum([loss_sum, weight_sum])
             row: dict[str, float] = {"epoch": float(epoch), "loss": loss_sum / max(weight_sum, 1)}
             if has_validation and (epoch % train_cfg.eval_every == 0 or epoch == train_cfg.epochs):
-                metrics = evaluate_next_item(model, seqs, valid_targets, batch_size=max(train_cfg.batch_size, 256))
+                metrics = None
+                if main:  # rank 0 validates; every rank gets its numbers, so all take the same decisions
+                    metrics = evaluate_next_item(model, seqs, valid_targets, batch_size=max(train_cfg.batch_size, 256))
+                metrics = distributed.broadcast_object(metrics)
                 row.update({f"val_{k}": v for k, v in metrics.items()})
                 if stopper.update(metrics["ndcg@10"], epoch):
                     best_state = copy.deepcopy(model.state_dict())
@@ -370,9 +402,9 @@ def train_sal(
                 best_state = copy.deepcopy(model.state_dict())
             row["seconds"] = time.perf_counter() - t0
             history.append(row)
-            if on_metrics is not None:
+            if on_metrics is not None and main:
                 on_metrics(epoch, dict(row))
-            if ckpt is not None:
+            if ckpt is not None and main:
                 ckpt.save(
                     {
                         "fingerprint": fingerprint,
@@ -387,6 +419,7 @@ def train_sal(
                 )
     finally:
         bar.close()
+    distributed.barrier()  # rank 0's last checkpoint is on disk before any rank returns (and maybe resumes from it)
 
     model.load_state_dict(best_state)
     model.eval()

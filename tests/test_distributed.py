@@ -1,0 +1,288 @@
+"""Data-parallel training (DDP, gloo on CPU) against the 1-process run with the same global batch.
+
+Two real processes (``torch.multiprocessing.spawn``, joined through torchrun's environment variables and
+:func:`mufasa.training.distributed.process_group`) train SAL (full softmax) and MFL (all four losses, whose in-batch
+negatives the gathered batch keeps) on small synthetic data; a global optimizer hook records the gradient and
+the weights at every step, on both sides. The 2-process run must follow the 1-process run step by step (float
+error only), resume from its own checkpoint onto the same curve, and leave exactly one writer's side effects.
+A stage with ``nproc: 2`` must start itself under torchrun and hand rank 0's result back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from mufasa.models.fusion import FusionConfig
+from mufasa.models.sal import SALConfig
+from mufasa.training import distributed
+from mufasa.training.mfl_trainer import MFLTrainConfig, train_mfl
+from mufasa.training.sal_trainer import SALTrainConfig, train_sal
+
+WORLD = 2
+SAL_EPOCHS, MFL_EPOCHS = 3, 3
+# Uneven on purpose: 37 users in global batches of 8 (the last has 5: shards of 3 and 2); 67 MFL training items in
+# 4 batches of 17/17/17/16 (shards of 9 and 8).
+SAL_MODEL = SALConfig(n_items=30, d_model=16, n_heads=2, n_layers=1, window=4, block_size=4, top_k=2, max_len=24,
+                      dropout=0.0, loss="full", item_feature_dim=4)
+SAL_TRAIN = SALTrainConfig(epochs=SAL_EPOCHS, batch_size=8, lr=3e-3, patience=100, seed=3, device="cpu",
+                           progress=False)
+FUSION = FusionConfig(side_dim=5, text_dim=24, image_dim=40, d_model=16, out_dim=8, collab_dim=8, n_heads=2,
+                      dropout=0.0)
+MFL_TRAIN = MFLTrainConfig(epochs=MFL_EPOCHS, batch_size=17, patience=100, seed=5, device="cpu", progress=False)
+
+
+def sal_data() -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, 30, size=37)
+    offsets = np.r_[0, np.cumsum(lengths)]
+    items = rng.integers(1, 31, size=offsets[-1])
+    timestamps = np.concatenate([np.sort(rng.integers(0, 10**6, size=n)) for n in lengths])
+    targets = np.where(rng.random(37) < 0.8, rng.integers(1, 31, size=37), 0)
+    features = rng.normal(size=(30, 4)).astype(np.float32)
+    return (offsets, items, timestamps), targets, features
+
+
+def mfl_data() -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(1)
+    n = 75
+    unit = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    text, collab = unit(rng.normal(size=(n, 24))), unit(rng.normal(size=(n, 8)))
+    image = rng.normal(size=(n, 40)).astype(np.float32)
+    has_image = rng.random(n) < 0.6
+    image[~has_image] = 0.0
+    side = rng.normal(size=(n, 5)).astype(np.float32)
+    collab_mask = rng.random(n) < 0.9
+    collab[~collab_mask] = 0.0
+    genres = rng.integers(0, 3, size=n)
+    return text, image, has_image, side, collab, collab_mask, genres
+
+
+class StepRecorder:
+    """Every optimizer step of the process: the (DDP-averaged, clipped) gradient before it, the weights after."""
+
+    def __init__(self) -> None:
+        self.grads: list[torch.Tensor] = []
+        self.weights: list[torch.Tensor] = []
+
+    @staticmethod
+    def _flat(opt, what: str) -> torch.Tensor:
+        ps = [p for g in opt.param_groups for p in g["params"]]
+        if what == "grad":
+            return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1) for p in ps])
+        return torch.cat([p.detach().reshape(-1) for p in ps]).clone()
+
+    def __enter__(self) -> StepRecorder:
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+        self._handles = [
+            register_optimizer_step_pre_hook(lambda opt, a, k: self.grads.append(self._flat(opt, "grad"))),
+            register_optimizer_step_post_hook(lambda opt, a, k: self.weights.append(self._flat(opt, "weight"))),
+        ]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def run_both(folder: Path, rank: int) -> dict:
+    """SAL (2 epochs, then resumed from the checkpoint to 3) and MFL (3 epochs) with rank-tagged callbacks."""
+    log = folder / "metrics.log"
+
+    def on_metrics(step: int, row: dict) -> None:
+        with log.open("a") as fh:
+            fh.write(f"{rank}\t{step}\t{sorted(row)[0]}\n")
+
+    seqs, targets, feats = sal_data()
+    with StepRecorder() as sal_steps:
+        first = train_sal(SAL_MODEL, replace(SAL_TRAIN, epochs=2), seqs, targets, feats, folder / "sal", on_metrics)
+        sal = train_sal(SAL_MODEL, SAL_TRAIN, seqs, targets, feats, folder / "sal", on_metrics)
+    with StepRecorder() as mfl_steps:
+        mfl = train_mfl(FUSION, MFL_TRAIN, *mfl_data(), checkpoint_dir=folder / "mfl", on_metrics=on_metrics)
+    return {
+        "sal_first_epochs": first.epochs_run,
+        "sal_resumed_from": sal.resumed_from,
+        "sal_history": [{k: v for k, v in r.items() if k != "seconds"} for r in sal.history],
+        "sal_state": {k: v.clone() for k, v in sal.model.state_dict().items()},
+        "sal_grads": sal_steps.grads,
+        "sal_weights": sal_steps.weights,
+        "mfl_history": [{k: v for k, v in r.items() if "seconds" not in k and k != "items_per_s"} for r in mfl.history],
+        "mfl_state": {k: v.clone() for k, v in mfl.model.state_dict().items()},
+        "mfl_fused": torch.from_numpy(mfl.fused),
+        "mfl_grads": mfl_steps.grads,
+        "mfl_weights": mfl_steps.weights,
+    }
+
+
+def _worker(rank: int, port: int, folder: str) -> None:
+    """One DDP rank, joined as torchrun would join it (env://)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    with distributed.process_group("cpu", timeout=timedelta(seconds=120)):  # a deadlock fails, never hangs
+        assert distributed.world_size() == WORLD and distributed.rank() == rank
+        out = run_both(Path(folder), rank)
+    torch.save(out, Path(folder) / f"rank{rank}.pt")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same training in one process and in two DDP processes (timed, for the report in the test output)."""
+    torch.set_num_threads(1)
+    single_dir, ddp_dir = tmp_path_factory.mktemp("single"), tmp_path_factory.mktemp("ddp")
+    t0 = time.perf_counter()
+    single = run_both(single_dir, 0)
+    t1 = time.perf_counter()
+    mp.spawn(_worker, args=(_free_port(), str(ddp_dir)), nprocs=WORLD, join=True)
+    t2 = time.perf_counter()
+    print(f"1 process: {t1 - t0:.1f} s; 2 DDP processes (spawn included): {t2 - t1:.1f} s")
+    ranks = [torch.load(ddp_dir / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    return single, ranks, ddp_dir, single_dir
+
+
+def _max_diff(a: list[torch.Tensor], b: list[torch.Tensor], where: torch.Tensor | None = None) -> float:
+    assert len(a) == len(b)
+    return max(float((x - y).abs()[where].max() if where is not None else (x - y).abs().max()) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("model", ["sal", "mfl"])
+def test_two_processes_follow_the_one_process_run_step_by_step(runs, model):
+    single, (rank0, rank1), _, _ = runs
+    steps = {"sal": SAL_EPOCHS * 5, "mfl": MFL_EPOCHS * 4}[model]
+    assert len(single[f"{model}_grads"]) == len(rank0[f"{model}_grads"]) == steps
+    # the gradient DDP hands the optimizer is the 1-process gradient of the whole global batch, at every step
+    grads = torch.stack(single[f"{model}_grads"]).abs()  # (steps, n_weights)
+    grad_diff = _max_diff(single[f"{model}_grads"], rank0[f"{model}_grads"])
+    grad_scale = float(grads.max())
+    # Weights are compared where the gradient is real. A few coordinates have an exactly-zero gradient in exact
+    # arithmetic (MFL's attention key bias: softmax ignores a shift shared by all keys), so both runs see float
+    # noise (~1e-9) there, which Adam normalises into lr-sized steps of random sign; those weights hold noise in
+    # either run and change no output (the fused vectors are compared below).
+    real = grads.amax(0) > 1e-6
+    weight_diff = _max_diff(single[f"{model}_weights"], rank0[f"{model}_weights"], real)
+    noise_diff = _max_diff(single[f"{model}_weights"], rank0[f"{model}_weights"])
+    print(f"{model}: max |grad diff| {grad_diff:.2e} (max |grad| {grad_scale:.2e}); max |weight diff| {weight_diff:.2e} "
+          f"over {int(real.sum())} weights with a gradient, {noise_diff:.2e} over all {real.numel()}")
+    assert grad_diff <= 1e-4 * grad_scale
+    assert weight_diff < 1e-5
+    assert real.float().mean() > 0.5  # the check covers most weights (the rest: padding rows, unseen items)
+    # epoch curves (train loss and rank 0's validation, broadcast) agree
+    loss_diff = 0.0
+    for a, b in zip(single[f"{model}_history"], rank0[f"{model}_history"], strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (model, key, a["epoch"])
+            loss_diff = max(loss_diff, abs(a[key] - b[key]) if "loss" in key else loss_diff)
+    print(f"{model}: max |loss diff| over the epoch curves {loss_diff:.2e}")
+    for name, value in single[f"{model}_state"].items():
+        if model == "sal":  # no zero-gradient coordinates in SAL: every final weight agrees
+            torch.testing.assert_close(rank0[f"{model}_state"][name], value, rtol=0, atol=1e-5, msg=name)
+        # the ranks never diverge: same weights, same history, bit for bit
+        torch.testing.assert_close(rank1[f"{model}_state"][name], rank0[f"{model}_state"][name], rtol=0, atol=0)
+    assert rank1[f"{model}_history"] == rank0[f"{model}_history"]
+    if model == "mfl":
+        np.testing.assert_allclose(rank0["mfl_fused"].numpy(), single["mfl_fused"].numpy(), atol=1e-5)
+
+
+def test_resume_and_side_effects_belong_to_rank_0(runs):
+    single, (rank0, _), ddp_dir, single_dir = runs
+    # the DDP run stopped after 2 epochs and resumed from its own checkpoint onto the uninterrupted curve
+    assert rank0["sal_first_epochs"] == 2 and rank0["sal_resumed_from"] == 2
+    assert single["sal_resumed_from"] == 2  # the 1-process reference took the same path
+    # one writer: one checkpoint file per trainer, no temp files left by another rank
+    assert sorted(p.name for p in (ddp_dir / "sal").iterdir()) == ["last.pt"]
+    assert sorted(p.name for p in (ddp_dir / "mfl").iterdir()) == ["last.pt"]
+    # one reporter: every callback ran on rank 0 only, once per epoch (+ MFL's final diagnostics)
+    lines = [line.split("\t") for line in (ddp_dir / "metrics.log").read_text().splitlines()]
+    assert {rank for rank, _, _ in lines} == {"0"}
+    single_lines = (single_dir / "metrics.log").read_text().splitlines()
+    assert len(lines) == len(single_lines) == 2 + 1 + MFL_EPOCHS + 1
+
+
+def test_helpers_are_no_ops_in_one_process():
+    assert (distributed.world_size(), distributed.rank(), distributed.is_main()) == (1, 0, True)
+    rows = np.arange(5)
+    np.testing.assert_array_equal(distributed.shard(rows), rows)
+    assert distributed.shard_sizes(5) == [5]
+    x = torch.randn(3, 2)
+    assert distributed.gather_rows({"x": x, "none": None}, [3])["x"] is x
+    assert distributed.all_reduce_sum([1.5, 2.0]) == [1.5, 2.0] and distributed.broadcast_object({"a": 1}) == {"a": 1}
+    state = torch.get_rng_state()
+    distributed.seed_rank(0, 1)
+    assert torch.equal(torch.get_rng_state(), state)  # the 1-process random stream is untouched
+    with distributed.process_group("cpu"):  # no torchrun variables: nothing to join
+        assert not torch.distributed.is_initialized()
+    assert not distributed.under_torchrun() and distributed.needs_launch(2) and not distributed.needs_launch(1)
+
+
+def test_nproc_is_a_checked_stage_setting_and_only_rank_0_tracks(tmp_path, monkeypatch):
+    from mufasa.pipeline.params import ParamsError, parse_params
+    from mufasa.pipeline.tracking import Tracker
+    from tests.conftest import synthetic_params_dict
+
+    raw = synthetic_params_dict()
+    assert parse_params(raw).train_mfl.nproc == 1 and parse_params(raw).train_sal.nproc == 1
+    raw["train_sal"]["nproc"] = 0
+    with pytest.raises(ParamsError, match="nproc"):
+        parse_params(raw)
+    monkeypatch.setenv("RANK", "1")  # a torchrun worker other than rank 0: its stage run logs nothing anywhere
+    store = tmp_path / "mlflow" / "mlflow.db"
+    with Tracker(f"sqlite:///{store}").stage_run("train_sal", "key") as run:
+        run.log_metrics({"loss": 1.0}, step=1)
+    assert not store.parent.exists()
+
+
+def test_launch_reports_a_failed_job_with_its_exit_code_and_stderr(tmp_path):
+    script = tmp_path / "fail.py"
+    script.write_text("import sys\nsys.exit('worker says no')\n")
+    with pytest.raises(RuntimeError, match="exit code") as info:
+        distributed.launch([str(script)], 1)
+    assert "worker says no" in str(info.value)
+
+
+@pytest.mark.slow  # ~45 s: three stages to prepare, then a torchrun job that imports the whole pipeline twice
+def test_a_stage_with_nproc_2_launches_itself_under_torchrun(tmp_path):
+    """`train_mfl` with nproc 2 (what `dvc repro` and the Dagster asset run): torchrun job, rank 0's outputs,
+    metrics relayed to the caller's callback, the same fused vectors as the in-process stage (dropout off)."""
+    from mufasa.pipeline import stages
+    from mufasa.pipeline.params import parse_params
+    from mufasa.pipeline.paths import ProjectPaths
+    from tests.conftest import synthetic_params_dict
+
+    raw = synthetic_params_dict()
+    raw["train_mfl"]["fusion"]["dropout"] = 0.0
+    raw["train_mfl"]["train"]["device"] = "cpu"
+    paths = ProjectPaths(tmp_path)
+    params = parse_params(raw)
+    for name in ("ingest", "sequences", "features"):
+        stages.run_stage(name, params, paths)
+    stages.run_stage("train_mfl", params, paths)
+    fused_single = np.load(paths.root / "data" / "fused" / "items.npy")
+
+    raw["train_mfl"]["nproc"] = 2
+    seen: list[tuple[int, dict]] = []
+    result = stages.run_stage("train_mfl", parse_params(raw), paths, on_metrics=lambda s, m: seen.append((s, m)))
+    fused = np.load(result.outputs["fused"])
+    np.testing.assert_allclose(fused, fused_single, atol=1e-5)
+    assert [s for s, m in seen if "loss" in m] == [1, 2, 3] and "diag_effective_rank" in seen[-1][1]
+    assert result.stage == "train_mfl" and result.metrics["epochs_run"] == 3.0
+    assert json.loads((paths.root / "models" / "mfl" / "config.json").read_text())["enabled"] is True
+    assert all(Path(a).exists() for a in result.artifacts)
+    assert not any((paths.root / "checkpoints" / "train_mfl").iterdir())
