@@ -17,7 +17,7 @@ median of ``--reps`` after ``--warmup`` untimed runs:
 ``OMP_WAIT_POLICY`` defaults to PASSIVE here (see the comment at the top): the machine is shared.
 
 Sparse = :class:`MultiGranularitySparseAttention` with the default ``SparseAttentionConfig`` (window 64, blocks
-of 32, top-4 selection, all three branches, gates). Dense = :class:`DenseCausalAttention` (same projections,
+of 32, top-4 selection shared by groups of 2 query blocks, all three branches, gates). Dense = :class:`DenseCausalAttention` (same projections,
 ``F.scaled_dot_product_attention(is_causal=True)``, the CPU flash kernel). With ``--profile-length`` the
 sparse layer's top operators (torch.profiler, self CPU time) at that length are written to the Markdown report.
 
@@ -148,7 +148,8 @@ def write_reports(result: dict, stem: Path) -> None:
         "",
         f"{result['timestamp']}; torch {result['torch']}; {result['cpu']}; batch = {result['tokens']} tokens / L; "
         f"d_model {cfg['d_model']}, {cfg['n_heads']} heads; sparse: window {cfg['window']}, blocks of "
-        f"{cfg['block_size']}, top-{cfg['top_k']}. One layer with its projections, fp32, median of "
+        f"{cfg['block_size']}, top-{cfg['top_k']} shared by {cfg.get('select_group', 1)} query block(s). One layer "
+        f"with its projections, fp32, median of "
         f"{result['reps']} after {result['warmup']} warm-up; sparse and dense alternate in each repetition. "
         f"Peak = torch allocations during one fwd+bwd (profiler memory events).",
         "",
@@ -238,7 +239,7 @@ def main() -> None:
         "tokens": args.tokens,
         "reps": args.reps,
         "warmup": args.warmup,
-        "config": {k: getattr(cfg, k) for k in ("d_model", "n_heads", "window", "block_size", "top_k")},
+        "config": {k: getattr(cfg, k) for k in ("d_model", "n_heads", "window", "block_size", "top_k", "select_group")},
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "load_start": os.getloadavg(),
         "runs": [],
