@@ -22,9 +22,9 @@ def _files_project(root):
 
 
 def _tick(project, cursor=None):
-    ctx = build_sensor_context(cursor=cursor, resources={"project": project})
-    result = raw_data_sensor(ctx)
-    return result, ctx.cursor
+    with build_sensor_context(cursor=cursor, resources={"project": project}) as ctx:  # the project is a cm resource
+        result = raw_data_sensor(ctx)
+        return result, ctx.cursor
 
 
 def test_fires_once_on_new_data_then_skips(tmp_path):

@@ -124,7 +124,7 @@ def test_selected_branch_with_all_blocks_selected_equals_dense_over_complete_pas
     module = make_module(seed, block_size=bs, top_k=L + 1)
     x, valid = make_batch(seed, B, L)
     rel = relative_positions(valid)
-    span = bs * module.config.select_group  # query blocks share selections in groups
+    span = bs * module.config.group_blocks  # query blocks share selections in groups
     group_start = torch.div(rel, span, rounding_mode="floor") * span  # (B, L) first position of t's group
     allowed = (rel[:, None, :] < group_start[:, :, None]) & valid[:, None, :]
     assert_parity(module, x, valid, "selected", lambda q, k, v: masked_reference(q, k, v, allowed))
@@ -190,7 +190,7 @@ def test_no_future_leakage_by_perturbation_and_gradient(name):
         xg = x.clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(module(xg, valid)[:, t].sum(), xg)
         assert grad[:, t + 1 :].abs().max().item() == 0.0
-        if name != "selected" or t >= 4 * module.config.select_group:  # the first group selects nothing
+        if name != "selected" or t >= 4 * module.config.group_blocks:  # the first group selects nothing
             assert grad[:, : t + 1].abs().max().item() > 0.0  # the past does matter (the test can fail)
 
 

@@ -93,6 +93,7 @@ class SparseAttentionConfig:
     # Consecutive query blocks that share one selection (NSA shares per query group): 2 x 32 = 64 queries, the
     # window's length, so the blocks a group cannot select (its own) are the ones the window sees. 64-query
     # problems run ~1.7x more scores per ms in the CPU flash kernel than 32-query ones (ANCHORS machine).
+    # Capped at window // block_size (see group_blocks).
     select_group: int = 2
     # Each branch can be switched off for ablations (at least one must stay on).
     use_window: bool = True
@@ -114,6 +115,12 @@ class SparseAttentionConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def group_blocks(self) -> int:
+        """Query blocks per selection group: ``select_group``, capped so a group never spans more than the window
+        (the blocks a group cannot select must be ones its window sees; window 64 / blocks of 32 -> 2)."""
+        return max(1, min(self.select_group, self.window // self.block_size))
 
     @property
     def enabled(self) -> tuple[bool, bool, bool]:
@@ -416,7 +423,7 @@ class MultiGranularitySparseAttention(nn.Module):
 
     def _groups(self, nb: int) -> tuple[int, int]:
         """(query blocks per selection group, number of groups)."""
-        g = min(self.config.select_group, nb)
+        g = min(self.config.group_blocks, nb)
         return g, -(-nb // g)
 
     def selection(self, q: Tensor, k_cmp: Tensor, block_ok: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -477,7 +484,7 @@ class MultiGranularitySparseAttention(nn.Module):
         B, L, D = x.shape
         check_left_padded(valid, L)
         H, dh, bs = cfg.n_heads, cfg.head_dim, cfg.block_size
-        layout = block_layout(valid, bs, align=bs * cfg.select_group)
+        layout = block_layout(valid, bs, align=bs * cfg.group_blocks)
         nb, Lp = layout.n_blocks, layout.padded_length
         xb = layout.to_blocks(x)  # (B, Lp, D)
         qkv = self.qkv(xb).view(B, nb, bs, 3, H, dh).permute(3, 0, 4, 1, 2, 5).contiguous()
