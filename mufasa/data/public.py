@@ -61,7 +61,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.json as pa_json
 
-from mufasa.data.readers import TableSource, parse_int_column, parse_timestamp_column
+from mufasa.data.readers import TableSource, decode_text, parse_int_column, parse_timestamp_column
 from mufasa.data.schema import GENRE_SEPARATOR, DataValidationError, Problem
 
 ML1M_URL = "https://grouplens.org/datasets/movielens/1m/"
@@ -148,22 +148,7 @@ def split_title_year(titles: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 
 def _decode(path: Path, source: TableSource, encoding: str) -> str:
-    raw = path.read_bytes()
-    try:
-        text = raw.decode(encoding)
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataValidationError(
-            [
-                Problem(
-                    source.path,
-                    None,
-                    f"bytes are not valid {encoding} (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
-                    rows=(line,),
-                    row_label="line",
-                )
-            ]
-        ) from exc
+    text = decode_text(path.read_bytes(), source, encoding)
     if not text.strip():
         raise DataValidationError([source.problem(None, "file is empty")])
     return text

@@ -122,14 +122,10 @@ def read_raw_table(
     return df, source
 
 
-def _read_text_table(path: Path, source: TableSource, *, sep: str | None, encoding: str) -> pd.DataFrame:
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        import gzip
-
-        raw = gzip.decompress(raw)
+def decode_text(raw: bytes, source: TableSource, encoding: str, hint: str = "") -> str:
+    """``raw`` decoded, or a :class:`DataValidationError` naming the file, the line and the offending byte."""
     try:
-        text = raw.decode(encoding)
+        return raw.decode(encoding)
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise DataValidationError(
@@ -137,13 +133,21 @@ def _read_text_table(path: Path, source: TableSource, *, sep: str | None, encodi
                 Problem(
                     source.path,
                     None,
-                    f"bytes are not valid {encoding} (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
-                    "set `encoding` for this file in params.yaml (e.g. latin-1)",
+                    f"bytes are not valid {encoding} (byte 0x{raw[exc.start]:02x} at offset {exc.start}){hint}",
                     rows=(line,),
                     row_label="line",
                 )
             ]
         ) from exc
+
+
+def _read_text_table(path: Path, source: TableSource, *, sep: str | None, encoding: str) -> pd.DataFrame:
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        import gzip
+
+        raw = gzip.decompress(raw)
+    text = decode_text(raw, source, encoding, hint="; set `encoding` for this file in params.yaml (e.g. latin-1)")
     if not text.strip():
         raise DataValidationError([source.problem(None, "file is empty (no header, no rows)")])
     if sep is None:
