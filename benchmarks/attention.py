@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/attention.py                              # CPU, L in 256..16k, threads 2 and 1
     .venv/bin/python benchmarks/attention.py --lengths 1024 4096 --threads 2 --reps 5
+    python3 benchmarks/attention.py --device cuda --dtype bfloat16 \
+        --lengths 256 1024 4096 8192 16384 32768 65536 --reps 10 --warmup 3   # GPU (scripts/gpu_check.sh)
 
 Shapes follow ``shared/ANCHORS.md``: one attention layer *with its projections*, d_model 64, 2 heads x 32, batch
 B = tokens / L (16,384 tokens), fp32 on CPU, no padding. For every L both modules run in the same process, side
@@ -12,16 +14,25 @@ median of ``--reps`` after ``--warmup`` untimed runs:
 - ``fwd``: forward under ``torch.no_grad``;
 - ``peak_mb``: peak memory allocated by torch during one forward + backward, from ``torch.profiler``'s allocation
   events (profile_memory=True; CPU allocations are invisible to tracemalloc, and RSS deltas hide the allocator's
-  caching), beyond the inputs and weights that exist before the step.
+  caching), beyond the inputs and weights that exist before the step. On CUDA: ``torch.cuda.max_memory_allocated``
+  (peak statistics reset before the step) minus what was allocated before it.
+
+On CUDA (``--device cuda``) each run is timed with CUDA events around the step (the device is synchronised
+first; the sparse layer's few host syncs are part of its cost), ``--dtype`` chooses float32 or bfloat16 (module
+and input cast to it; float32 runs with PyTorch's default matmul precision, which is full float32: no TF32), and
+the SDPA kernels each module ran are recorded (``sdpa_kernels``: flash / memory-efficient / cuDNN / math, as
+PyTorch picked them). A length that fails (out of memory, say) is recorded with its error and the run goes on.
 
 ``OMP_WAIT_POLICY`` defaults to PASSIVE here (see the comment at the top): the machine is shared.
 
 Sparse = :class:`MultiGranularitySparseAttention` with the default ``SparseAttentionConfig`` (window 64, blocks
 of 32, top-4 selection shared by groups of 2 query blocks, all three branches, gates). Dense = :class:`DenseCausalAttention` (same projections,
-``F.scaled_dot_product_attention(is_causal=True)``, the CPU flash kernel). With ``--profile-length`` the
-sparse layer's top operators (torch.profiler, self CPU time) at that length are written to the Markdown report.
+``F.scaled_dot_product_attention(is_causal=True)``, the CPU flash kernel; on CUDA whichever kernel PyTorch picks).
+With ``--profile-length`` the sparse layer's top operators (torch.profiler, self CPU time; self device time on
+CUDA) at that length are written to the Markdown report.
 
-Writes ``benchmarks/results/attention-<device>.json``, ``.md`` (table) and ``.png`` (time and memory vs L).
+Writes ``benchmarks/results/attention-cpu.json``, ``.md`` (table) and ``.png`` (time and memory vs L) for the
+float32 CPU run, ``attention-<device>-<dtype>.*`` otherwise (``attention-cuda-bfloat16.*``); ``--out`` overrides.
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import gc  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
@@ -53,6 +65,8 @@ from mufasa.models.sparse_attention import (  # noqa: E402
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16"}
 
 
 def sync(device: torch.device) -> None:
@@ -74,6 +88,15 @@ def make_step(module: torch.nn.Module, x: torch.Tensor, valid: torch.Tensor, bac
 
 
 def timed(step: Callable[[], None], device: torch.device) -> float:
+    """Milliseconds of one ``step``: CUDA events on a synchronised device, else wall clock."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        sync(device)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
     sync(device)
     start = time.perf_counter()
     step()
@@ -81,9 +104,15 @@ def timed(step: Callable[[], None], device: torch.device) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
+def clear_grads(module: torch.nn.Module, x: torch.Tensor) -> None:
+    module.zero_grad(set_to_none=True)
+    x.grad = None
+
+
 def peak_memory_mb(step: Callable[[], None], device: torch.device) -> float:
     """Peak bytes allocated by torch during ``step`` beyond what was allocated before it."""
     if device.type == "cuda":
+        sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
         step()
@@ -103,23 +132,58 @@ def peak_memory_mb(step: Callable[[], None], device: torch.device) -> float:
     return peak / 2**20
 
 
-def top_ops(step: Callable[[], None], rows: int = 15) -> str:
+def top_ops(step: Callable[[], None], device: torch.device, rows: int = 15) -> str:
+    """The top operators of one ``step``: by self CPU time on CPU, by self device time on CUDA."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if device.type != "cuda":
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        sync(device)
+    averages = prof.key_averages()
+    for key in ("self_device_time_total", "self_cuda_time_total"):  # the name changed across torch versions
+        try:
+            return averages.table(sort_by=key, row_limit=rows)
+        except (AttributeError, KeyError, TypeError):
+            continue
+    return averages.table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def sdpa_kernels(step: Callable[[], None], device: torch.device) -> list[str]:
+    """The attention operators (flash / efficient / cuDNN / math SDPA, forward and backward) one ``step`` ran."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+        sync(device)
+    return sorted({e.key for e in prof.key_averages() if "attention" in e.key.lower() and e.key.startswith("aten::")})
 
 
-def run_length(L: int, tokens: int, cfg: SparseAttentionConfig, reps: int, warmup: int, device: torch.device) -> dict:
+def make_inputs(L: int, tokens: int, d_model: int, device: torch.device, dtype: torch.dtype):
+    B = max(1, tokens // L)
+    x = torch.randn(B, L, d_model, device=device, dtype=dtype, requires_grad=True)
+    return x, torch.ones(B, L, dtype=torch.bool, device=device)
+
+
+def run_length(
+    L: int,
+    tokens: int,
+    cfg: SparseAttentionConfig,
+    reps: int,
+    warmup: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> dict:
     B = max(1, tokens // L)
     torch.manual_seed(0)
     modules = {
-        "sparse": MultiGranularitySparseAttention(cfg).to(device),
-        "dense": DenseCausalAttention(cfg).to(device),
+        "sparse": MultiGranularitySparseAttention(cfg).to(device=device, dtype=dtype),
+        "dense": DenseCausalAttention(cfg).to(device=device, dtype=dtype),
     }
-    x = torch.randn(B, L, cfg.d_model, device=device, requires_grad=True)
-    valid = torch.ones(B, L, dtype=torch.bool, device=device)
+    x, valid = make_inputs(L, tokens, cfg.d_model, device, dtype)
     row: dict = {"L": L, "B": B}
     for mode, backward in (("fwd_bwd", True), ("fwd", False)):
         steps = {name: make_step(m, x, valid, backward) for name, m in modules.items()}
@@ -135,54 +199,107 @@ def run_length(L: int, tokens: int, cfg: SparseAttentionConfig, reps: int, warmu
             row[f"{name}_{mode}_all_ms"] = [round(t, 2) for t in ts]
         row[f"speedup_{mode}"] = row[f"dense_{mode}_ms"] / row[f"sparse_{mode}_ms"]
     for name, m in modules.items():
+        if device.type == "cuda":  # gradients left by earlier steps would count as "before" and be freed inside
+            for other in modules.values():
+                clear_grads(other, x)
         row[f"{name}_peak_mb"] = peak_memory_mb(make_step(m, x, valid, True), device)
     return row
+
+
+def run_length_safely(
+    L: int,
+    tokens: int,
+    cfg: SparseAttentionConfig,
+    reps: int,
+    warmup: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> dict:
+    """``run_length``, or ``{"L", "B", "error"}`` when it fails (out of memory, a kernel error): the run goes on."""
+    try:
+        return run_length(L, tokens, cfg, reps, warmup, device, dtype)
+    except Exception as exc:  # noqa: BLE001  (any failure of one length is a result to report, not a crash)
+        message = str(exc).strip()
+        error = f"{type(exc).__name__}: {message.splitlines()[0][:300] if message else ''}"
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return {"L": L, "B": max(1, tokens // L), "error": error}
 
 
 def write_reports(result: dict, stem: Path) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     cfg = result["config"]
+    cuda = result.get("device_type", "cpu") == "cuda"
+    dtype = SHORT_DTYPE.get(result.get("dtype", "float32"), result.get("dtype"))
+    ms = "{:.2f}" if cuda else "{:.0f}"  # GPU steps take milliseconds, CPU ones hundreds
     lines = [
-        f"# Sparse (SAL) vs dense SDPA causal attention — {result['device']}",
+        f"# Sparse (SAL) vs dense SDPA causal attention — {result['device']}" + (f", {dtype}" if cuda else ""),
         "",
         f"{result['timestamp']}; torch {result['torch']}; {result['cpu']}; batch = {result['tokens']} tokens / L; "
         f"d_model {cfg['d_model']}, {cfg['n_heads']} heads; sparse: window {cfg['window']}, blocks of "
         f"{cfg['block_size']}, top-{cfg['top_k']} shared by {cfg.get('select_group', 1)} query block(s). One layer "
-        f"with its projections, fp32, median of "
+        f"with its projections, {dtype}, median of "
         f"{result['reps']} after {result['warmup']} warm-up; sparse and dense alternate in each repetition. "
-        f"Peak = torch allocations during one fwd+bwd (profiler memory events).",
-        "",
-        f"Machine load (1/5/15 min) at start: {result['load_start']}, at end: {result['load_end']} "
-        "(2 cores shared with other jobs: compare ratios, not absolute times). "
-        f"OMP_WAIT_POLICY={result['omp_wait_policy']}.",
+        + (
+            "Times from CUDA events. Peak = torch.cuda.max_memory_allocated during one fwd+bwd beyond what was "
+            "allocated before it."
+            if cuda
+            else "Peak = torch allocations during one fwd+bwd (profiler memory events)."
+        ),
         "",
     ]
+    if cuda:
+        lines += [
+            f"CUDA {result.get('cuda')}, cuDNN {result.get('cudnn')}; TF32 matmul {result.get('allow_tf32')}; "
+            f"SDPA backends enabled: {result.get('sdpa_enabled')}.",
+            "",
+        ]
+        for name, ops in (result.get("sdpa_kernels") or {}).items():
+            lines.append(f"- {name} ran (fwd+bwd, L = {result.get('profile_length') or '?'}): {', '.join(ops) or '?'}")
+        lines.append("")
+    else:
+        lines += [
+            f"Machine load (1/5/15 min) at start: {result['load_start']}, at end: {result['load_end']} "
+            "(2 cores shared with other jobs: compare ratios, not absolute times). "
+            f"OMP_WAIT_POLICY={result['omp_wait_policy']}.",
+            "",
+        ]
     for run in result["runs"]:
         lines += [
-            f"## {run['threads']} thread(s)",
+            f"## {run['threads']} thread(s)" if not cuda else f"## {result['device']}, {dtype}",
             "",
             "| L | B | sparse fwd+bwd ms | dense fwd+bwd ms | speedup | sparse fwd ms | dense fwd ms | speedup fwd "
             "| sparse peak MB | dense peak MB |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in run["rows"]:
+            if "error" in r:
+                lines.append(f"| {r['L']:,} | {r['B']} | failed: {r['error'].replace('|', '/')} |||||||| ")
+                continue
             lines.append(
-                f"| {r['L']:,} | {r['B']} | {r['sparse_fwd_bwd_ms']:.0f} | {r['dense_fwd_bwd_ms']:.0f} "
-                f"| {r['speedup_fwd_bwd']:.2f}x | {r['sparse_fwd_ms']:.0f} | {r['dense_fwd_ms']:.0f} "
+                f"| {r['L']:,} | {r['B']} | {ms.format(r['sparse_fwd_bwd_ms'])} | {ms.format(r['dense_fwd_bwd_ms'])} "
+                f"| {r['speedup_fwd_bwd']:.2f}x | {ms.format(r['sparse_fwd_ms'])} | {ms.format(r['dense_fwd_ms'])} "
                 f"| {r['speedup_fwd']:.2f}x | {r['sparse_peak_mb']:.0f} | {r['dense_peak_mb']:.0f} |"
             )
         lines.append("")
     if result.get("profile"):
         lines += [
             f"## Where the sparse layer's time goes (fwd+bwd, L = {result['profile_length']:,}, "
-            f"{result['runs'][0]['threads']} thread(s), torch.profiler, self CPU time)",
+            + (
+                "torch.profiler, self device time)"
+                if cuda
+                else f"{result['runs'][0]['threads']} thread(s), torch.profiler, self CPU time)"
+            ),
             "",
             "```",
             result["profile"].rstrip(),
             "```",
             "",
         ]
+    elif result.get("profile_error"):
+        lines += [f"Operator profile failed: {result['profile_error']}", ""]
     stem.with_suffix(".md").write_text("\n".join(lines))
 
     import matplotlib
@@ -192,13 +309,13 @@ def write_reports(result: dict, stem: Path) -> None:
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
     for run in result["runs"]:
-        Ls = [r["L"] for r in run["rows"]]
+        rows = [r for r in run["rows"] if "error" not in r]
+        Ls = [r["L"] for r in rows]
         style = "-" if run["threads"] == result["runs"][0]["threads"] else "--"
-        ax_t.plot(Ls, [r["sparse_fwd_bwd_ms"] for r in run["rows"]], "o" + style, color="C0",
-                  label=f"sparse, {run['threads']} thr")
-        ax_t.plot(Ls, [r["dense_fwd_bwd_ms"] for r in run["rows"]], "s" + style, color="C3",
-                  label=f"dense SDPA, {run['threads']} thr")
-    rows0 = result["runs"][0]["rows"]
+        tag = dtype if cuda else f"{run['threads']} thr"
+        ax_t.plot(Ls, [r["sparse_fwd_bwd_ms"] for r in rows], "o" + style, color="C0", label=f"sparse, {tag}")
+        ax_t.plot(Ls, [r["dense_fwd_bwd_ms"] for r in rows], "s" + style, color="C3", label=f"dense SDPA, {tag}")
+    rows0 = [r for r in result["runs"][0]["rows"] if "error" not in r]
     Ls = [r["L"] for r in rows0]
     ax_m.plot(Ls, [r["sparse_peak_mb"] for r in rows0], "o-", color="C0", label="sparse")
     ax_m.plot(Ls, [r["dense_peak_mb"] for r in rows0], "s-", color="C3", label="dense SDPA")
@@ -207,7 +324,7 @@ def write_reports(result: dict, stem: Path) -> None:
         ax.set_yscale("log")
         ax.set_xlabel(f"sequence length L (batch = {result['tokens']} / L)")
         ax.set_ylabel(ylabel)
-        ax.set_title(title)
+        ax.set_title(f"{title}, {result['device']} {dtype}" if cuda else title)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -223,16 +340,24 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads(), 1],
                         help="CPU thread counts to run (the first one is also profiled and plotted for memory)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="module and input dtype (bfloat16: for CUDA; the CPU backward has no bf16 sparse matmul)")
     parser.add_argument("--profile-length", type=int, default=4096, help="0 = no operator profile")
-    parser.add_argument("--out", type=Path, default=None, help="output stem (default results/attention-<device>)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output stem (default results/attention-cpu, or attention-<device>-<dtype>)")
     args = parser.parse_args()
 
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available (torch {torch.__version__})")
+    dtype = DTYPES[args.dtype]
     cfg = SparseAttentionConfig()
     threads = list(dict.fromkeys(args.threads)) if device.type == "cpu" else [torch.get_num_threads()]
     result = {
         "device": device.type if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "device_type": device.type,
+        "dtype": args.dtype,
         "torch": torch.__version__,
         "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -244,6 +369,21 @@ def main() -> None:
         "load_start": os.getloadavg(),
         "runs": [],
     }
+    if device.type == "cuda":
+        result.update({
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+            "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "sdpa_enabled": {
+                name: getattr(torch.backends.cuda, f"{name}_sdp_enabled")()
+                for name in ("flash", "mem_efficient", "cudnn", "math")
+                if hasattr(torch.backends.cuda, f"{name}_sdp_enabled")
+            },
+        })
+    default_name = "attention-cpu" if (device.type, args.dtype) == ("cpu", "float32") else (
+        f"attention-{device.type}-{args.dtype}"
+    )
+    stem = args.out or RESULTS / default_name
     started = time.perf_counter()
     default_threads = torch.get_num_threads()
     try:
@@ -251,8 +391,18 @@ def main() -> None:
             torch.set_num_threads(n_threads)
             rows = []
             for L in args.lengths:
-                row = run_length(L, args.tokens, cfg, args.reps, args.warmup, device)
+                if device.type == "cpu":  # the exact CPU code path as before (an error ends the run)
+                    row = run_length(L, args.tokens, cfg, args.reps, args.warmup, device, dtype)
+                else:
+                    row = run_length_safely(L, args.tokens, cfg, args.reps, args.warmup, device, dtype)
                 rows.append(row)
+                if device.type == "cuda":  # partial JSON after every length: a run killed later still leaves data
+                    stem.parent.mkdir(parents=True, exist_ok=True)
+                    partial = {**result, "runs": [*result["runs"], {"threads": n_threads, "rows": rows}]}
+                    stem.with_suffix(".json").write_text(json.dumps({**partial, "partial": True}, indent=2) + "\n")
+                if "error" in row:
+                    print(f"threads {n_threads} L {L:>6}: FAILED {row['error']}", flush=True)
+                    continue
                 print(
                     f"threads {n_threads} L {L:>6}: sparse {row['sparse_fwd_bwd_ms']:8.1f} ms, dense "
                     f"{row['dense_fwd_bwd_ms']:8.1f} ms, speedup {row['speedup_fwd_bwd']:.2f}x; peak "
@@ -263,17 +413,29 @@ def main() -> None:
         if args.profile_length:
             torch.set_num_threads(threads[0])
             L = args.profile_length
-            module = MultiGranularitySparseAttention(cfg).to(device)
-            x = torch.randn(max(1, args.tokens // L), L, cfg.d_model, device=device, requires_grad=True)
-            step = make_step(module, x, torch.ones(x.shape[:2], dtype=torch.bool, device=device), True)
-            step()
             result["profile_length"] = L
-            result["profile"] = top_ops(step)
+            try:
+                torch.manual_seed(0)
+                module = MultiGranularitySparseAttention(cfg).to(device=device, dtype=dtype)
+                x, valid = make_inputs(L, args.tokens, cfg.d_model, device, dtype)
+                step = make_step(module, x, valid, True)
+                step()
+                if device.type == "cuda":
+                    dense = DenseCausalAttention(cfg).to(device=device, dtype=dtype)
+                    result["sdpa_kernels"] = {
+                        "sparse": sdpa_kernels(step, device),
+                        "dense": sdpa_kernels(make_step(dense, x, valid, True), device),
+                    }
+                result["profile"] = top_ops(step, device)
+            except Exception as exc:  # noqa: BLE001  (the timings are written even if profiling fails)
+                if device.type == "cpu":
+                    raise
+                result["profile_error"] = f"{type(exc).__name__}: {exc}"[:500]
+                print(f"profile failed: {result['profile_error']}", flush=True)
     finally:
         torch.set_num_threads(default_threads)
     result["load_end"] = os.getloadavg()
     result["seconds"] = round(time.perf_counter() - started, 1)
-    stem = args.out or RESULTS / f"attention-{device.type}"
     write_reports(result, stem)
     print(f"wrote {stem}.json/.md/.png in {result['seconds']} s")
 

@@ -5,7 +5,8 @@ Two real processes (``torch.multiprocessing.spawn``, joined through torchrun's e
 negatives the gathered batch keeps) on small synthetic data; a global optimizer hook records the gradient and
 the weights at every step, on both sides. The 2-process run must follow the 1-process run step by step (float
 error only), resume from its own checkpoint onto the same curve, and leave exactly one writer's side effects.
-A stage with ``nproc: 2`` must start itself under torchrun and hand rank 0's result back.
+A stage with ``nproc: 2`` must start itself under torchrun and hand rank 0's result back. With a GPU, a 1-process
+torchrun job joins an NCCL group and trains SAL on CUDA (DDP wrapper and trainer), reporting through the launcher.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import os
 import socket
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -286,3 +287,114 @@ def test_a_stage_with_nproc_2_launches_itself_under_torchrun(tmp_path):
     assert json.loads((paths.root / "models" / "mfl" / "config.json").read_text())["enabled"] is True
     assert all(Path(a).exists() for a in result.artifacts)
     assert not any((paths.root / "checkpoints" / "train_mfl").iterdir())
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The rank the NCCL test below starts under torchrun (through `distributed.launch`); argv[1]: a folder holding
+# spec.json (SALConfig and SALTrainConfig fields) and data.npz (train sequences, targets, item features).
+NCCL_WORKER = """
+import copy, json, sys
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from mufasa.models.sal import SALConfig, SALModel
+from mufasa.training import distributed
+from mufasa.training.common import autocast
+from mufasa.training.sal_trainer import SALTrainConfig, pad_sequences, train_sal
+
+folder = Path(sys.argv[1])
+spec = json.loads((folder / "spec.json").read_text())
+data = np.load(folder / "data.npz")
+seqs = (data["offsets"], data["items"], data["timestamps"])
+model_cfg, train_cfg = SALConfig(**spec["model"]), SALTrainConfig(**spec["train"])
+n_users = len(data["offsets"]) - 1
+
+with distributed.process_group("cuda", timeout=timedelta(seconds=120)):  # a hang fails, never blocks
+    dev = torch.device("cuda", torch.cuda.current_device())
+    report = {"backend": dist.get_backend(), "world": distributed.world_size(), "rank": distributed.rank(),
+              "device": torch.cuda.get_device_name(dev)}
+    t = torch.arange(4.0, device=dev)
+    dist.all_reduce(t)
+    box = [{"hello": "nccl"}]
+    dist.broadcast_object_list(box, src=0)
+    x = torch.randn(5, 3, device=dev, requires_grad=True)
+    gathered = distributed._GatherRows.apply(x)  # all_gather forward, all_reduce backward
+    gathered.sum().backward()
+    report.update(all_reduce=t.tolist(), broadcast=box[0], gather_ok=bool(torch.equal(gathered, x))
+                  and bool(torch.equal(x.grad, torch.ones_like(x))))
+
+    # the trainers' DDP wrapper against the bare model: one rank, so the same loss and gradient
+    torch.manual_seed(0)
+    model = SALModel(model_cfg, torch.as_tensor(data["features"])).to(dev)
+    bare = copy.deepcopy(model)
+    net = distributed.data_parallel(model, SALModel.calculate_loss, dev)
+    batch = pad_sequences(*seqs, np.arange(8), model_cfg.max_len, with_targets=True).to(dev)
+    loss = net(batch.items, batch.timestamps, batch.targets)
+    loss.backward()
+    ref = bare.calculate_loss(batch.items, batch.timestamps, batch.targets)
+    ref.backward()
+    diffs = [float((p.grad - q.grad).abs().max()) for p, q in zip(model.parameters(), bare.parameters())
+             if p.grad is not None and q.grad is not None]
+    report.update(ddp_loss=loss.item(), bare_loss=ref.item(), ddp_grad_max_diff=max(diffs),
+                  grad_scale=max(float(q.grad.abs().max()) for q in bare.parameters() if q.grad is not None))
+
+    # a few DDP steps on one batch under bf16 autocast (as the trainers run on CUDA): the loss must come down
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    batch = pad_sequences(*seqs, np.arange(min(16, n_users)), model_cfg.max_len, with_targets=True).to(dev)
+    losses = []
+    for step in range(10):
+        with autocast(dev):
+            loss = net(batch.items, batch.timestamps, batch.targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        print(f"rank 0 DDP step {step}: loss {losses[-1]:.4f}", flush=True)
+    report["ddp_losses"] = losses
+
+    # the SAL trainer inside the live NCCL group; its metrics go to the launcher's callback
+    result = train_sal(model_cfg, train_cfg, seqs, data["targets"], data["features"],
+                       on_metrics=distributed.relay_metrics(None))
+    report["train_history"] = result.history
+    report["train_device"] = str(result.model.position.weight.device)
+    distributed.publish_result(report)
+"""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+def test_one_process_nccl_job_under_torchrun_trains_sal_on_cuda(tmp_path):
+    """`distributed.launch` starts torchrun (1 process); the rank joins an NCCL group (process_group on "cuda"),
+    runs NCCL collectives, the DDP wrapper (same loss and gradient as the bare model with one rank, then a few
+    bf16-autocast steps) and train_sal on CUDA, relaying its metrics and result to the launcher."""
+    seqs, targets, feats = sal_data()
+    np.savez(tmp_path / "data.npz", offsets=seqs[0], items=seqs[1], timestamps=seqs[2], targets=targets,
+             features=feats)
+    train = replace(SAL_TRAIN, device="cuda")
+    (tmp_path / "spec.json").write_text(json.dumps({"model": asdict(SAL_MODEL), "train": asdict(train)}))
+    script = tmp_path / "nccl_worker.py"
+    script.write_text(NCCL_WORKER)
+    pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    seen: list[tuple[int, dict]] = []
+    t0 = time.perf_counter()
+    result = distributed.launch([str(script), str(tmp_path)], 1, on_metrics=lambda s, m: seen.append((s, m)),
+                                env={"PYTHONPATH": pythonpath, "NCCL_DEBUG": os.environ.get("NCCL_DEBUG", "WARN")})
+    print(f"torchrun job: {time.perf_counter() - t0:.1f} s")
+    print(json.dumps({k: v for k, v in result.items() if k != "train_history"}, indent=1))
+    for step, row in seen:
+        print(f"train_sal epoch {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
+    assert (result["backend"], result["world"], result["rank"]) == ("nccl", 1, 0)
+    assert result["all_reduce"] == [0.0, 1.0, 2.0, 3.0] and result["broadcast"] == {"hello": "nccl"}
+    assert result["gather_ok"]
+    assert result["ddp_loss"] == pytest.approx(result["bare_loss"], rel=1e-5)
+    assert result["ddp_grad_max_diff"] <= 1e-5 * result["grad_scale"]
+    losses = result["ddp_losses"]
+    assert all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0]
+    assert result["train_device"].startswith("cuda")
+    assert [s for s, _ in seen] == list(range(1, SAL_EPOCHS + 1))  # rank 0's metrics, relayed by the launcher
+    assert all(np.isfinite(row["loss"]) for _, row in seen)
+    assert [row["loss"] for _, row in seen] == [row["loss"] for row in result["train_history"]]

@@ -1,4 +1,5 @@
-"""Parity, causality, padding and ablation tests of the multi-granularity sparse attention (CPU, float64).
+"""Parity, causality, padding and ablation tests of the multi-granularity sparse attention (float64; on CPU, and
+on CUDA too when a GPU is present: the ``device`` parameter, whose cuda cases are skipped without one).
 
 What each branch must equal (positions counted from each row's first real event, ``rel(t)``):
 - window, window >= L:   dense causal attention (SDPA reference ``dense_causal_attention``);
@@ -8,7 +9,8 @@ What each branch must equal (positions counted from each row's first real event,
 - compressed, fresh weights (MLP correction zero): attention over the block means of k and v of the real blocks
                           j with (j + 1) * bs <= rel(t) + 1 (complete at t), zero where there is none; with
                           block_size 1 that is dense causal attention.
-Gradients are compared too (w.r.t. the input and the projection weights).
+Gradients are compared too (w.r.t. the input and the projection weights). On CUDA the float64 parity tests run
+SDPA's math kernel; ``test_low_precision_matches_float64`` checks the float32 / bfloat16 kernels (CUDA only).
 """
 
 from __future__ import annotations
@@ -29,34 +31,42 @@ from mufasa.models.sparse_attention import (
 
 D, H = 16, 2
 SETTINGS = settings(max_examples=12, deadline=None, derandomize=True)
+# Every device case runs the same examples (inputs and weights are drawn on the CPU, then moved).
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    # Tiny float64 problems: one thread avoids OpenMP wake-up costs on a shared 2-core machine.
+    # Tiny float64 problems: one thread avoids OpenMP wake-up costs on a shared 2-core machine. On CUDA, TF32
+    # off (float32 matmuls exact to float32), for the float32 comparisons.
     before = torch.get_num_threads()
     torch.set_num_threads(1)
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
     torch.set_num_threads(before)
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
 
-def make_module(seed: int = 0, **overrides) -> MultiGranularitySparseAttention:
+def make_module(seed: int = 0, device: str = "cpu", **overrides) -> MultiGranularitySparseAttention:
     torch.manual_seed(seed)
     cfg = SparseAttentionConfig(**{"d_model": D, "n_heads": H, **overrides})
     module = MultiGranularitySparseAttention(cfg).double()
     with torch.no_grad():  # gates away from 0.5 everywhere, so a wrong gate cannot hide
         module.gate.bias.uniform_(-2.0, 2.0)
-    return module
+    return module.to(device)
 
 
-def make_batch(seed: int, B: int, L: int, pads: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def make_batch(
+    seed: int, B: int, L: int, pads: list[int] | None = None, device: str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(B, L, D, dtype=torch.float64, generator=gen)
     if pads is None:
         pads = torch.randint(0, L, (B,), generator=gen).tolist()
         pads[0] = 0  # at least one full row
     valid = torch.arange(L)[None, :] >= torch.tensor(pads)[:, None]
-    return x, valid
+    return x.to(device), valid.to(device)
 
 
 def masked_reference(q, k, v, allowed: torch.Tensor) -> torch.Tensor:
@@ -70,7 +80,7 @@ def masked_reference(q, k, v, allowed: torch.Tensor) -> torch.Tensor:
 def relative_positions(valid: torch.Tensor) -> torch.Tensor:
     """(B, L): position counted from the row's first real event (negative on padding)."""
     L = valid.shape[1]
-    return torch.arange(L)[None, :] - (L - valid.sum(1))[:, None]
+    return torch.arange(L, device=valid.device)[None, :] - (L - valid.sum(1))[:, None]
 
 
 def assert_parity(module, x, valid, branch: str, reference_fn, params: list[str] = ("qkv.weight",)) -> None:
@@ -96,33 +106,36 @@ shapes = st.tuples(
 )
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @SETTINGS
 @given(shapes)
-def test_window_branch_equals_dense_causal_attention_when_window_covers_the_sequence(shape):
+def test_window_branch_equals_dense_causal_attention_when_window_covers_the_sequence(device, shape):
     B, L, bs, seed = shape
-    module = make_module(seed, window=L + 3, block_size=bs)
-    x, valid = make_batch(seed, B, L)
+    module = make_module(seed, device, window=L + 3, block_size=bs)
+    x, valid = make_batch(seed, B, L, device=device)
     assert_parity(module, x, valid, "window", lambda q, k, v: dense_causal_attention(q, k, v, valid))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @SETTINGS
 @given(shapes, st.integers(1, 20))
-def test_window_branch_equals_banded_dense_attention(shape, window):
+def test_window_branch_equals_banded_dense_attention(device, shape, window):
     B, L, bs, seed = shape
-    module = make_module(seed, window=window, block_size=bs)
-    x, valid = make_batch(seed, B, L)
+    module = make_module(seed, device, window=window, block_size=bs)
+    x, valid = make_batch(seed, B, L, device=device)
     rel = relative_positions(valid)
     diff = rel[:, :, None] - rel[:, None, :]  # (B, t, s)
     allowed = (diff >= 0) & (diff < window) & valid[:, None, :]
     assert_parity(module, x, valid, "window", lambda q, k, v: masked_reference(q, k, v, allowed))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @SETTINGS
 @given(shapes)
-def test_selected_branch_with_all_blocks_selected_equals_dense_over_complete_past_blocks(shape):
+def test_selected_branch_with_all_blocks_selected_equals_dense_over_complete_past_blocks(device, shape):
     B, L, bs, seed = shape
-    module = make_module(seed, block_size=bs, top_k=L + 1)
-    x, valid = make_batch(seed, B, L)
+    module = make_module(seed, device, block_size=bs, top_k=L + 1)
+    x, valid = make_batch(seed, B, L, device=device)
     rel = relative_positions(valid)
     span = bs * module.config.group_blocks  # query blocks share selections in groups
     group_start = torch.div(rel, span, rounding_mode="floor") * span  # (B, L) first position of t's group
@@ -130,32 +143,34 @@ def test_selected_branch_with_all_blocks_selected_equals_dense_over_complete_pas
     assert_parity(module, x, valid, "selected", lambda q, k, v: masked_reference(q, k, v, allowed))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @SETTINGS
 @given(st.integers(1, 3), st.integers(1, 40), st.integers(0, 10_000))
-def test_compressed_branch_with_block_size_one_equals_dense_causal_attention(B, L, seed):
-    module = make_module(seed, block_size=1)  # a fresh module's compression of a 1-event block is the event
-    x, valid = make_batch(seed, B, L)
+def test_compressed_branch_with_block_size_one_equals_dense_causal_attention(device, B, L, seed):
+    module = make_module(seed, device, block_size=1)  # a fresh module's compression of a 1-event block is the event
+    x, valid = make_batch(seed, B, L, device=device)
     assert_parity(module, x, valid, "compressed", lambda q, k, v: dense_causal_attention(q, k, v, valid))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @SETTINGS
 @given(shapes)
-def test_compressed_branch_equals_attention_over_complete_block_means(shape):
+def test_compressed_branch_equals_attention_over_complete_block_means(device, shape):
     B, L, bs, seed = shape
-    module = make_module(seed, block_size=bs)  # fresh: compression = block mean (MLP correction starts at 0)
-    x, valid = make_batch(seed, B, L)
+    module = make_module(seed, device, block_size=bs)  # fresh: compression = block mean (MLP correction starts at 0)
+    x, valid = make_batch(seed, B, L, device=device)
     rel = relative_positions(valid)
+    blocks = torch.arange(-(-L // bs), device=device)
 
     def reference(q, k, v):
-        n_blocks = -(-L // bs)
         # block j of row b covers rel positions [j*bs, (j+1)*bs); it exists once every position is real
-        member = (torch.div(rel, bs, rounding_mode="floor")[:, None, :] == torch.arange(n_blocks)[None, :, None])
+        member = (torch.div(rel, bs, rounding_mode="floor")[:, None, :] == blocks[None, :, None])
         member = member & valid[:, None, :]  # (B, nb, L)
         complete = member.sum(-1) == bs  # (B, nb)
         w = member.double() / bs
         k_mean = torch.einsum("bjs,bhsd->bhjd", w, k)
         v_mean = torch.einsum("bjs,bhsd->bhjd", w, v)
-        block_end = (torch.arange(n_blocks) + 1) * bs - 1  # rel position of each block's last event
+        block_end = (blocks + 1) * bs - 1  # rel position of each block's last event
         allowed = complete[:, None, :] & (block_end[None, None, :] <= rel[:, :, None])  # (B, L, nb)
         scores = q @ k_mean.transpose(-1, -2) * q.shape[-1] ** -0.5
         probs = torch.softmax(scores.masked_fill(~allowed[:, None], float("-inf")), -1).nan_to_num(0.0)
@@ -172,14 +187,15 @@ CONFIGS = {
 }
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_no_future_leakage_by_perturbation_and_gradient(name):
+def test_no_future_leakage_by_perturbation_and_gradient(name, device):
     # 37 events, blocks of 4, window 6, top-2: selection is a real choice among up to 8 candidate blocks.
-    module = make_module(1, window=6, block_size=4, top_k=2, **CONFIGS[name])
+    module = make_module(1, device, window=6, block_size=4, top_k=2, **CONFIGS[name])
     with torch.no_grad():  # a trained-looking compression, so selections and summaries depend on content
         for comp in (module.compress_k, module.compress_v):
             comp.w2.normal_(0.0, 0.5)
-    x, valid = make_batch(3, 3, 37, pads=[0, 5, 14])
+    x, valid = make_batch(3, 3, 37, pads=[0, 5, 14], device=device)
     base = module(x, valid)
     for t in (5, 14, 15, 22, 35):
         # perturbation: everything after t changes, outputs up to t must not
@@ -194,23 +210,25 @@ def test_no_future_leakage_by_perturbation_and_gradient(name):
             assert grad[:, : t + 1].abs().max().item() > 0.0  # the past does matter (the test can fail)
 
 
-def test_events_beyond_the_window_reach_the_output_only_through_compressed_and_selected_blocks():
+@pytest.mark.parametrize("device", DEVICES)
+def test_events_beyond_the_window_reach_the_output_only_through_compressed_and_selected_blocks(device):
     """Perturb one block far outside the window: window-only output must not move, full SAL's must."""
-    x, valid = make_batch(11, 2, 48, pads=[0, 0])
+    x, valid = make_batch(11, 2, 48, pads=[0, 0], device=device)
     far = slice(4, 8)  # block 1 (block_size 4); queries from t = 40 on are > 30 events away (window 6)
     x2 = x.clone()
     x2[:, far] += torch.randn_like(x2[:, far]) * 3
     for name, expect_change in (("window", False), ("compressed", True), ("selected", True), ("all", True)):
-        module = make_module(12, window=6, block_size=4, top_k=12, **CONFIGS[name])  # top_k >= blocks: block 1 in
+        module = make_module(12, device, window=6, block_size=4, top_k=12, **CONFIGS[name])  # top_k >= blocks
         with torch.no_grad():
             delta = (module(x2, valid) - module(x, valid))[:, 40:].abs().max().item()
         assert (delta > 1e-3) == expect_change, (name, delta)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("group", [1, 2, 3])
-def test_selection_is_shared_per_query_group_and_only_picks_complete_past_blocks(group):
-    module = make_module(2, block_size=4, top_k=3, select_group=group)
-    x, valid = make_batch(5, 2, 40, pads=[0, 9])
+def test_selection_is_shared_per_query_group_and_only_picks_complete_past_blocks(group, device):
+    module = make_module(2, device, block_size=4, top_k=3, select_group=group)
+    x, valid = make_batch(5, 2, 40, pads=[0, 9], device=device)
     with torch.no_grad():
         out = module.branch_outputs(x, valid)
         from mufasa.models.sparse_attention import block_layout
@@ -227,64 +245,69 @@ def test_selection_is_shared_per_query_group_and_only_picks_complete_past_blocks
     nb = layout.n_blocks
     ng = -(-nb // group)
     assert idx.shape == (B, H, ng, 3)
-    group_start = (torch.arange(ng) * group)[None, None, :, None].expand_as(idx)
+    group_start = (torch.arange(ng, device=device) * group)[None, None, :, None].expand_as(idx)
     assert bool((idx[usable] < group_start[usable]).all())  # blocks before the group only
-    assert bool(block_ok[torch.arange(B)[:, None, None, None].expand_as(idx)[usable], idx[usable]].all())
+    rows = torch.arange(B, device=device)[:, None, None, None].expand_as(idx)
+    assert bool(block_ok[rows[usable], idx[usable]].all())
     assert not bool(usable[:, :, 0].any())  # group 0 has no past
     n_candidates = (block_ok.long().cumsum(1) - block_ok.long())[:, :: group]  # real blocks before each group
-    expected_usable = torch.minimum(n_candidates, torch.tensor(3))[:, None, :].expand(B, H, ng)
+    expected_usable = n_candidates.clamp(max=3)[:, None, :].expand(B, H, ng)
     assert torch.equal(usable.sum(-1), expected_usable)
 
 
-def test_gates_lie_in_unit_interval_and_disabled_branches_have_none():
-    x, valid = make_batch(0, 2, 30)
-    full = make_module(0, block_size=4).branch_outputs(x, valid)["gates"]
+@pytest.mark.parametrize("device", DEVICES)
+def test_gates_lie_in_unit_interval_and_disabled_branches_have_none(device):
+    x, valid = make_batch(0, 2, 30, device=device)
+    full = make_module(0, device, block_size=4).branch_outputs(x, valid)["gates"]
     assert full.shape == (2, H, 30, 3)
     assert bool(((full > 0) & (full < 1))[valid[:, None, :, None].expand_as(full)].all())
     assert full.std() > 0.05  # per-query, per-head gates, not a constant
-    ablated = make_module(0, block_size=4, use_compressed=False).branch_outputs(x, valid)
+    ablated = make_module(0, device, block_size=4, use_compressed=False).branch_outputs(x, valid)
     assert "compressed" not in ablated
     assert bool((ablated["gates"][..., 1] == 0).all())
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @SETTINGS
 @given(st.integers(1, 40), st.integers(1, 20), st.sampled_from([1, 3, 4, 8]), st.integers(0, 10_000))
-def test_left_padding_has_no_effect_on_real_positions(n, extra, bs, seed):
-    module = make_module(seed, window=5, block_size=bs, top_k=2)
+def test_left_padding_has_no_effect_on_real_positions(device, n, extra, bs, seed):
+    module = make_module(seed, device, window=5, block_size=bs, top_k=2)
     with torch.no_grad():
         module.compress_k.w2.normal_(0.0, 0.5)
-    x, _ = make_batch(seed, 1, n, pads=[0])
-    alone = module(x, torch.ones(1, n, dtype=torch.bool))
+    x, _ = make_batch(seed, 1, n, pads=[0], device=device)
+    alone = module(x, torch.ones(1, n, dtype=torch.bool, device=device))
     # the same events behind `extra` padding slots holding garbage, batched with a longer random row
     L = n + extra
-    xp = torch.randn(2, L, D, dtype=torch.float64) * 5
+    xp = torch.randn(2, L, D, dtype=torch.float64).to(device) * 5
     xp[0, extra:] = x[0]
-    valid = torch.ones(2, L, dtype=torch.bool)
+    valid = torch.ones(2, L, dtype=torch.bool, device=device)
     valid[0, :extra] = False
     padded = module(xp, valid)
     torch.testing.assert_close(padded[0, extra:], alone[0], rtol=1e-9, atol=1e-10)
     assert bool((padded[0, :extra] == 0).all())
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("bs", [1, 4, 7])
-def test_prefix_gives_the_same_outputs_as_the_whole_sequence(bs):
+def test_prefix_gives_the_same_outputs_as_the_whole_sequence(bs, device):
     """What next-item training on whole sequences relies on: blocks are laid out from the first event."""
-    module = make_module(4, window=9, block_size=bs, top_k=2)
+    module = make_module(4, device, window=9, block_size=bs, top_k=2)
     with torch.no_grad():
         module.compress_k.w2.normal_(0.0, 0.5)
-    x, valid = make_batch(6, 1, 29, pads=[0])
+    x, valid = make_batch(6, 1, 29, pads=[0], device=device)
     whole = module(x, valid)
     for t in (0, bs - 1, bs, 2 * bs + 1, 28):
         prefix = module(x[:, : t + 1], valid[:, : t + 1])
         torch.testing.assert_close(prefix[:, -1], whole[:, t], rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("off", ["window", "compressed", "selected"])
-def test_a_disabled_branch_contributes_nothing(off):
-    full = make_module(7, window=5, block_size=4, top_k=2)
-    ablated = make_module(8, window=5, block_size=4, top_k=2, **{f"use_{off}": False})
+def test_a_disabled_branch_contributes_nothing(off, device):
+    full = make_module(7, device, window=5, block_size=4, top_k=2)
+    ablated = make_module(8, device, window=5, block_size=4, top_k=2, **{f"use_{off}": False})
     ablated.load_state_dict(full.state_dict())  # same weights: only the switch differs
-    x, valid = make_batch(9, 2, 33)
+    x, valid = make_batch(9, 2, 33, device=device)
     with torch.no_grad():
         parts = full.branch_outputs(x, valid)
         mixed = sum(
@@ -298,10 +321,11 @@ def test_a_disabled_branch_contributes_nothing(off):
         assert (got - full(x, valid)).abs().max() > 1e-3  # the branch did contribute when it was on
 
 
-def test_dense_module_matches_the_reference_with_padding():
+@pytest.mark.parametrize("device", DEVICES)
+def test_dense_module_matches_the_reference_with_padding(device):
     torch.manual_seed(0)
-    module = DenseCausalAttention(SparseAttentionConfig(d_model=D, n_heads=H)).double()
-    x, valid = make_batch(1, 3, 23)
+    module = DenseCausalAttention(SparseAttentionConfig(d_model=D, n_heads=H)).double().to(device)
+    x, valid = make_batch(1, 3, 23, device=device)
     q, k, v = module.qkv(x).view(3, 23, 3, H, D // H).permute(2, 0, 3, 1, 4)
     rel = relative_positions(valid)
     allowed = (rel[:, None, :] <= rel[:, :, None]) & valid[:, None, :] & valid[:, :, None]
@@ -324,8 +348,16 @@ def test_bad_inputs_are_rejected():
         module(x[..., :8], torch.ones(2, 10, dtype=torch.bool))
 
 
-def peak_memory_mb(fn) -> float:
-    """Peak CPU memory (MB) allocated by torch while ``fn`` runs, from the profiler's allocation events."""
+def peak_memory_mb(fn, device: str = "cpu") -> float:
+    """Peak memory (MB) allocated by torch while ``fn`` runs beyond what was allocated before: on CPU from the
+    profiler's allocation events, on CUDA from the caching allocator's peak statistics."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -340,29 +372,80 @@ def peak_memory_mb(fn) -> float:
     return peak / 2**20
 
 
-def test_8k_events_forward_backward_stays_linear_in_memory():
+@pytest.mark.parametrize("device", DEVICES)
+def test_8k_events_forward_backward_stays_linear_in_memory(device):
     """L = 8192, batch 1, default shape: runs, gives finite gradients, and allocates far less than one L x L."""
     torch.manual_seed(0)
-    module = MultiGranularitySparseAttention(SparseAttentionConfig())  # fp32, d_model 64, 2 heads
+    module = MultiGranularitySparseAttention(SparseAttentionConfig()).to(device)  # fp32, d_model 64, 2 heads
     L = 8192
-    x = torch.randn(1, L, 64, requires_grad=True)
-    valid = torch.ones(1, L, dtype=torch.bool)
+    x = torch.randn(1, L, 64).to(device).requires_grad_(True)
+    valid = torch.ones(1, L, dtype=torch.bool, device=device)
     valid[0, :100] = False  # some left padding, for the general path
 
     def step():
         module(x, valid).square().mean().backward()
 
-    peak = peak_memory_mb(step)
+    peak = peak_memory_mb(step, device)
     assert torch.isfinite(x.grad).all() and x.grad[0, 100:].abs().sum() > 0
     one_dense_score_matrix = L * L * 4 / 2**20  # 256 MB per head
     assert peak < one_dense_score_matrix / 2, f"peak {peak:.0f} MB"
 
 
-def test_config_grid_runs_and_shapes():
+@pytest.mark.parametrize("device", DEVICES)
+def test_config_grid_runs_and_shapes(device):
     """Odd combinations (window < block, window spanning many blocks, L < one block) all run and keep shapes."""
     for window, bs, L in itertools.product((1, 3, 17), (2, 16), (1, 5, 33)):
-        module = make_module(0, window=window, block_size=bs, top_k=2)
-        x, valid = make_batch(window + bs + L, 2, L)
+        module = make_module(0, device, window=window, block_size=bs, top_k=2)
+        x, valid = make_batch(window + bs + L, 2, L, device=device)
         y = module(x, valid)
         assert y.shape == (2, L, D) and torch.isfinite(y).all()
         assert bool((y[~valid] == 0).all())
+
+
+CUDA_ONLY = [pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY)
+@pytest.mark.parametrize(
+    "dtype, top_k",
+    [("float32", 4), ("float32", 10_000), ("bfloat16", 10_000)],
+    ids=["float32-top4", "float32-all-blocks", "bfloat16-all-blocks"],
+)
+@pytest.mark.parametrize("padded", [False, True], ids=["no-padding", "padding"])
+def test_low_precision_matches_float64(dtype, top_k, padded, device):
+    """The kernels training runs (float32, and bf16 autocast as the trainers use on CUDA: SDPA's memory-efficient /
+    flash kernels with masks, not the math kernel of the float64 tests) give the float64 CPU result: output and
+    gradients (input, projections), as relative errors in norm. bf16 with every block selected, so that rounding
+    cannot flip a top-k choice; float32 also with a real top-4 choice among up to 9 blocks."""
+    import copy
+
+    torch.manual_seed(0)
+    ref = MultiGranularitySparseAttention(SparseAttentionConfig(top_k=top_k))  # default shape, d_model 64, 2 heads
+    with torch.no_grad():
+        ref.gate.bias.uniform_(-2.0, 2.0)
+        for comp in (ref.compress_k, ref.compress_v):  # content-dependent summaries (and selections)
+            comp.w2.normal_(0.0, 0.1)
+    low = copy.deepcopy(ref).to(device)
+    ref = ref.double()
+    gen = torch.Generator().manual_seed(1)
+    B, L = 3, 300
+    x = torch.randn(B, L, 64, generator=gen)
+    weight = torch.randn(B, L, 64, generator=gen, dtype=torch.float64)  # a random linear functional of the output
+    valid = torch.ones(B, L, dtype=torch.bool)
+    if padded:
+        valid[1, :37] = False
+        valid[2, :150] = False
+
+    def run(module, x, valid, amp):
+        x = x.clone().requires_grad_(True)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            y = module(x, valid)
+        (y.double() * weight.to(y.device)).sum().backward()
+        return [t.detach().double().cpu() for t in (y, x.grad, module.qkv.weight.grad, module.out.weight.grad)]
+
+    expected = run(ref, x.double(), valid, False)
+    got = run(low, x.to(device), valid.to(device), dtype == "bfloat16")
+    bound = {"float32": 1e-5, "bfloat16": 4e-2}[dtype]
+    for name, a, b in zip(("output", "grad x", "grad qkv.weight", "grad out.weight"), got, expected):
+        rel = float((a - b).norm() / b.norm())
+        assert rel < bound, f"{name}: relative error {rel:.2e} >= {bound:.0e} ({dtype} on {device})"

@@ -66,11 +66,13 @@ def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
-    torch.set_rng_state(state["torch"])
+    """Restore :func:`rng_state`'s states. They must be CPU byte tensors, whatever ``map_location`` the
+    checkpoint was loaded with (a GPU resume loads it onto the GPU, and torch refuses a CUDA tensor as state)."""
+    torch.set_rng_state(state["torch"].cpu())
     if generator is not None and "generator" in state:
-        generator.set_state(state["generator"])
+        generator.set_state(state["generator"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 class Checkpointer:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import inspect
 import json
 import os
 import shlex
@@ -289,11 +290,14 @@ def data_parallel(model: nn.Module, fn: Callable[..., Any], device: torch.device
     look for parameters without a gradient. Buffers are not re-broadcast every step: ours never change
     (SAL's frozen item features); DDP still syncs them once at construction.
     """
+    # torch >= 2.13 names the switch forward_sync_buffers; older releases broadcast_buffers (same meaning).
+    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
     return nn.parallel.DistributedDataParallel(
         _Forward(model, fn),
         device_ids=[device.index] if device.type == "cuda" else None,
         find_unused_parameters=True,
-        forward_sync_buffers=False,
+        **no_sync,
     )
 
 
