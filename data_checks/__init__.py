@@ -6,8 +6,15 @@ pandas frame against a suite and returns plain results. This package imports onl
 path validates the same way.
 """
 
-from data_checks.runner import CheckResult, SuiteResult, run_suite
-from data_checks.suites import SUITES, features_suite, interactions_suite, items_suite, sequences_suite
+from data_checks.runner import CheckResult, SuiteResult, run_suite, run_suite_chunks
+from data_checks.suites import (
+    SUITES,
+    features_suite,
+    interactions_suite,
+    items_suite,
+    sequences_suite,
+    with_unknown_ids,
+)
 
 __all__ = [
     "SUITES",
@@ -17,5 +24,7 @@ __all__ = [
     "interactions_suite",
     "items_suite",
     "run_suite",
+    "run_suite_chunks",
     "sequences_suite",
+    "with_unknown_ids",
 ]

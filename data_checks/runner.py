@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +12,7 @@ import great_expectations as gx
 import pandas as pd
 
 from data_checks.context import dataframe_batch_definition
+from data_checks.suites import reported_column
 
 # Enough example rows to locate a problem, few enough that a 20M-row table does not ship its failures around.
 EXAMPLES = 5
@@ -83,7 +86,7 @@ def run_suite(df: pd.DataFrame, suite: gx.ExpectationSuite) -> SuiteResult:
         checks.append(
             CheckResult(
                 expectation=r.expectation_config.type,
-                column=kwargs.get("column") or kwargs.get("column_A"),
+                column=reported_column(kwargs.get("column") or kwargs.get("column_A")),
                 success=bool(r.success),
                 unexpected_count=int(res.get("unexpected_count") or 0),
                 unexpected_index=tuple(res.get("partial_unexpected_index_list") or ())[:EXAMPLES],
@@ -94,3 +97,71 @@ def run_suite(df: pd.DataFrame, suite: gx.ExpectationSuite) -> SuiteResult:
             )
         )
     return SuiteResult(suite=suite.name, success=bool(result.success), n_rows=len(df), checks=tuple(checks))
+
+
+# Expectations that judge each row on its own, so a table passes iff every chunk of it passes. Suites with
+# whole-column rules (uniqueness, means, exact row counts) must see the whole table: run_suite, not chunks.
+ROW_WISE = frozenset(
+    {
+        "expect_column_to_exist",
+        "expect_column_values_to_not_be_null",
+        "expect_column_values_to_be_null",
+        "expect_column_values_to_be_in_type_list",
+        "expect_column_values_to_be_between",
+        "expect_column_values_to_be_in_set",
+        "expect_column_value_lengths_to_be_between",
+        "expect_column_pair_values_to_be_equal",
+        "expect_column_pair_values_a_to_be_greater_than_b",
+    }
+)
+ROW_COUNT = "expect_table_row_count_to_be_between"  # checked on the total count
+
+
+def run_suite_chunks(chunks: Iterable[pd.DataFrame], suite: gx.ExpectationSuite) -> SuiteResult:
+    """Validate a table given as consecutive chunks (bounded memory) against a row-wise ``suite``.
+
+    Each chunk's index must hold its rows' labels in the whole table (e.g. the global row position), so failures
+    name the same rows as :func:`run_suite` on the whole frame would. Counts are summed, the first
+    :data:`EXAMPLES` failing rows kept, and the row-count rule is judged on the total. An empty iterable is an
+    empty table.
+    """
+    kinds = [e.expectation_type for e in suite.expectations]
+    not_row_wise = sorted({k for k in kinds if k not in ROW_WISE and k != ROW_COUNT})
+    if not_row_wise:
+        raise ValueError(f"suite {suite.name!r} has whole-table expectations {not_row_wise}: use run_suite")
+    merged: list[CheckResult] | None = None
+    n_rows = 0
+    last: pd.DataFrame | None = None
+    for chunk in chunks:
+        last = chunk
+        if len(chunk) == 0 and n_rows:
+            continue
+        part = run_suite(chunk, suite)
+        n_rows += part.n_rows
+        merged = list(part.checks) if merged is None else [_merge(a, b) for a, b in zip(merged, part.checks)]
+    if merged is None:  # no chunk at all: validate an empty frame (columns unknown)
+        return run_suite(pd.DataFrame() if last is None else last, suite)
+    row_rules = [e for e in suite.expectations if e.expectation_type == ROW_COUNT]
+    for i, check in enumerate(merged):
+        if check.expectation == ROW_COUNT and row_rules:
+            rule = row_rules[0]
+            low, high = rule.min_value, rule.max_value
+            ok = (low is None or n_rows >= low) and (high is None or n_rows <= high)
+            merged[i] = dataclasses.replace(check, success=ok, observed=n_rows)
+    return SuiteResult(
+        suite=suite.name, success=all(c.success for c in merged), n_rows=n_rows, checks=tuple(merged)
+    )
+
+
+def _merge(a: CheckResult, b: CheckResult) -> CheckResult:
+    if a.expectation != b.expectation or a.column != b.column:
+        raise RuntimeError(f"chunk results out of order: {a.expectation}/{a.column} vs {b.expectation}/{b.column}")
+    return dataclasses.replace(
+        a,
+        success=a.success and b.success,
+        unexpected_count=a.unexpected_count + b.unexpected_count,
+        unexpected_index=(a.unexpected_index + b.unexpected_index)[:EXAMPLES],
+        unexpected_values=(a.unexpected_values + b.unexpected_values)[:EXAMPLES],
+        observed=a.observed if a.observed is not None else b.observed,
+        error=a.error or b.error,
+    )

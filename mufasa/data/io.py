@@ -92,3 +92,22 @@ def tree_md5(path: Path) -> str:
         h.update(str(p.relative_to(path)).encode())
         h.update(file_md5(p).encode())
     return h.hexdigest()
+
+
+def iter_parquet_frames(path: Path, rows: int, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
+    """Read a Parquet file ``rows`` rows at a time as frames indexed by their row positions in the file.
+
+    Memory stays bounded by the batch whatever the file size; dtypes are those of ``pd.read_parquet``.
+    An empty file yields one empty frame with the file's columns.
+    """
+    pf = pq.ParquetFile(path)
+    start = 0
+    for batch in pf.iter_batches(batch_size=rows, columns=columns):
+        frame = batch.to_pandas()
+        frame.index = pd.RangeIndex(start, start + len(frame))
+        start += len(frame)
+        yield frame
+    if start == 0:
+        yield pf.schema_arrow.empty_table().to_pandas() if columns is None else pf.schema_arrow.empty_table().select(
+            columns
+        ).to_pandas()

@@ -59,6 +59,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 
 from mufasa.data.readers import TableSource, decode_text, parse_int_column, parse_timestamp_column
@@ -277,7 +278,8 @@ def load_movielens_1m(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[st
 
 
 def _read_ratings_csv(path: Path) -> tuple[pd.DataFrame, TableSource]:
-    """``ratings.csv`` (up to 32M rows): typed fast read; on any bad value, re-read as text to name the rows."""
+    """``ratings.csv`` (up to 32M rows): typed columnar read (pyarrow); on any bad or missing value, re-read as
+    text to name the rows."""
     cols = ("userId", "movieId", "rating", "timestamp")
     source = TableSource(str(path), "csv")
     try:
@@ -286,26 +288,34 @@ def _read_ratings_csv(path: Path) -> tuple[pd.DataFrame, TableSource]:
         raise DataValidationError([source.problem(None, "file is empty")]) from exc
     header.columns = [str(c).strip() for c in header.columns]
     _check_columns(header, cols, source, require_rows=False)
-    try:
-        typed = pd.read_csv(
+    raw_names = {str(c).strip(): str(c) for c in pd.read_csv(path, nrows=0, encoding="utf-8").columns}
+    types = {"userId": pa.int64(), "movieId": pa.int64(), "rating": pa.float64(), "timestamp": pa.int64()}
+    try:  # columnar, multi-threaded C++ parse; ~3x faster than pandas' typed read on ML-25M-sized files
+        table = pa_csv.read_csv(
             path,
-            usecols=lambda c: str(c).strip() in cols,
-            dtype={"userId": "int64", "movieId": "int64", "rating": "float64", "timestamp": "int64"},
-            encoding="utf-8",
+            convert_options=pa_csv.ConvertOptions(
+                include_columns=[raw_names[c] for c in cols],
+                column_types={raw_names[c]: types[c] for c in cols},
+                strings_can_be_null=False,
+            ),
         )
-    except (ValueError, TypeError, UnicodeDecodeError, pd.errors.ParserError):
-        typed = None  # some value is not what it should be: the text pass below says which and where
-    if typed is not None:
-        typed.columns = [str(c).strip() for c in typed.columns]
-        _check_columns(typed, cols, source)
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        table = None  # some value is not what it should be: the text pass below says which and where
+    if table is not None and table.num_rows and all(table.column(raw_names[c]).null_count == 0 for c in cols):
+        arrays = {}
+        for c in cols:  # one column at a time, each freed from the Arrow table once copied out: ~1 copy at peak
+            arrays[c] = table.column(raw_names[c]).to_numpy()
+            table = table.drop_columns([raw_names[c]])
+        del table
         return (
             pd.DataFrame(
                 {
-                    "user_id": typed["userId"],
-                    "item_id": typed["movieId"],
-                    "timestamp": typed["timestamp"],
-                    "rating": typed["rating"],
-                }
+                    "user_id": arrays.pop("userId"),
+                    "item_id": arrays.pop("movieId"),
+                    "timestamp": arrays.pop("timestamp"),
+                    "rating": arrays.pop("rating"),
+                },
+                copy=False,
             ),
             source,
         )

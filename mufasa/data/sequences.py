@@ -103,20 +103,22 @@ def split_summary(split: SequenceSplit, interactions: pd.DataFrame) -> pd.DataFr
     n_events = interactions.groupby("user_id").size().rename("n_events")
     offs = split.train_offsets
     lengths = np.diff(offs)
-    # Smallest step between consecutive training timestamps of each user (>= 0 iff time-ordered). Step j sits
-    # between events j and j+1; steps that cross from one user to the next are dropped.
-    steps = np.diff(split.train_timestamps)
-    within_user = np.ones(len(steps), dtype=bool)
-    within_user[offs[1:-1] - 1] = False
-    step_owner = np.repeat(np.arange(len(lengths)), lengths)[1:]
-    min_step = (
-        pd.Series(steps[within_user]).groupby(step_owner[within_user]).min().reindex(range(len(lengths)), fill_value=0)
-    )
+    # Smallest step between consecutive training timestamps of each user (>= 0 iff time-ordered): the minimum
+    # of the user's steps, with the step that crosses into the next user replaced by +inf (int64 max), so one
+    # reduceat over the user boundaries does it without per-user objects. Users with one event get 0.
+    min_step = np.zeros(len(lengths), dtype=np.int64)
+    if len(split.train_timestamps) > 1:
+        steps = np.empty(len(split.train_timestamps), dtype=np.int64)
+        steps[:-1] = np.diff(split.train_timestamps)
+        steps[offs[1:] - 1] = np.iinfo(np.int64).max
+        multi = lengths > 1
+        min_step[multi] = np.minimum.reduceat(steps, offs[:-1][multi])
+        del steps
     train = pd.DataFrame(
         {
             "user_id": split.train["user_id"].to_numpy(),
             "n_train": lengths,
-            "train_min_step": min_step.to_numpy(),
+            "train_min_step": min_step,
             "train_last_ts": split.train_timestamps[offs[1:] - 1] if len(lengths) else np.array([], dtype=np.int64),
         }
     )

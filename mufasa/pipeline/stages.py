@@ -20,7 +20,7 @@ import pandas as pd
 from mufasa.config import IngestConfig, SequencesConfig
 from mufasa.data import public
 from mufasa.data import sequences as seq
-from mufasa.data.io import atomic_path, tree_md5, write_json, write_parquet
+from mufasa.data.io import atomic_path, iter_parquet_frames, tree_md5, write_json, write_parquet
 from mufasa.data.movielens import load_ml100k, load_ml100k_kg
 from mufasa.data.readers import TableSource, read_entities, read_interactions, read_items
 from data_checks import SuiteResult
@@ -157,8 +157,8 @@ def ingest(cfg: IngestConfig, paths: ProjectPaths) -> StageResult:
     src = load_source(cfg, paths.root)
     validate_frames(src.interactions, src.items, src.sources, now)
 
-    interactions = src.interactions.reset_index(drop=True)
-    items = src.items.reset_index(drop=True)
+    interactions = _renumbered(src.interactions)
+    items = _renumbered(src.items)
     paths.raw_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(paths.raw_images) as tmp_images:
         tmp_images.mkdir()
@@ -192,6 +192,13 @@ def ingest(cfg: IngestConfig, paths: ProjectPaths) -> StageResult:
     return StageResult("ingest", outputs, stats, {"source": cfg.source}, info)
 
 
+def _renumbered(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a 0..n-1 index, without copying its data (``reset_index`` copies every column)."""
+    out = df.copy(deep=False)
+    out.index = pd.RangeIndex(len(df))
+    return out
+
+
 def _relative(path: Path, root: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(root))
@@ -209,11 +216,16 @@ def _portable(path: str, root: Path) -> str:
     return rel
 
 
-def read_raw(paths: ProjectPaths) -> tuple[pd.DataFrame, pd.DataFrame]:
+def require_raw(paths: ProjectPaths) -> None:
     for p in (paths.raw_interactions, paths.raw_items):
         if not p.is_file():
             raise FileNotFoundError(f"{p} not found: run the ingest stage first")
-    return pd.read_parquet(paths.raw_interactions), pd.read_parquet(paths.raw_items)
+
+
+def read_raw(paths: ProjectPaths, columns: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The raw interactions (only ``columns``, if given) and items tables."""
+    require_raw(paths)
+    return pd.read_parquet(paths.raw_interactions, columns=columns), pd.read_parquet(paths.raw_items)
 
 
 # ------------------------------------------------------------------------------------------------- validate
@@ -222,10 +234,13 @@ def read_raw(paths: ProjectPaths) -> tuple[pd.DataFrame, pd.DataFrame]:
 def check_raw(cfg: IngestConfig, paths: ProjectPaths) -> tuple[StageResult, dict[str, tuple[SuiteResult, TableSource]]]:
     """Run the items and interactions suites on the stored raw tables and write the report (never raises on
     a failed suite: callers decide; :func:`validate` raises, the Dagster checks report)."""
-    interactions, items = read_raw(paths)
+    require_raw(paths)
+    items = pd.read_parquet(paths.raw_items)
     now = validation.now_unix(cfg.now)
     items_result = validation.check_items(items, now=now)
-    inter_result = validation.check_interactions(interactions, now=now, item_ids=items["item_id"])
+    # The interactions table is read and checked one batch at a time: memory stays bounded at any size.
+    chunks = iter_parquet_frames(paths.raw_interactions, validation.CHUNK_ROWS)
+    inter_result = validation.check_interactions(chunks, now=now, item_ids=items["item_id"])
     report = {"interactions": inter_result.to_dict(), "items": items_result.to_dict()}
     write_json(report, paths.validation_report)
     results = {
@@ -248,10 +263,12 @@ def validate(cfg: IngestConfig, paths: ProjectPaths) -> StageResult:
 
 # ------------------------------------------------------------------------------------------------ sequences
 
+SEQUENCE_COLUMNS = ("user_id", "item_id", "timestamp")  # all the split needs (ratings stay in data/raw)
+
 
 def sequences(cfg: SequencesConfig, paths: ProjectPaths) -> StageResult:
     """Time-ordered per-user sequences and the leave-one-out split, checked by the sequences suite."""
-    interactions, items = read_raw(paths)
+    interactions, items = read_raw(paths, columns=list(SEQUENCE_COLUMNS))
     split = seq.leave_one_out(interactions, min_events=cfg.min_events)
     summary = seq.split_summary(split, interactions)
     result = validation.check_sequences(summary, item_ids=items["item_id"])
@@ -276,7 +293,7 @@ def sequences(cfg: SequencesConfig, paths: ProjectPaths) -> StageResult:
 
 def check_sequences(paths: ProjectPaths) -> SuiteResult:
     """Run the sequences suite on the stored split (what downstream stages will read)."""
-    interactions, items = read_raw(paths)
+    interactions, items = read_raw(paths, columns=list(SEQUENCE_COLUMNS))
     split = seq.read_split(paths.sequences_dir)
     return validation.check_sequences(seq.split_summary(split, interactions), item_ids=items["item_id"])
 
