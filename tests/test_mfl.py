@@ -46,21 +46,9 @@ from mufasa.training.mfl_trainer import (
     train_mfl,
 )
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+from torch_devices import DEVICES, exact_single_thread  # tests/torch_devices.py
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: these matrices are small, and on a shared 2-core machine OpenMP threads that wait
-    for a busy core made the module ~10x slower (205 s vs 20 s) than a single thread (which is unaffected).
-    On CUDA, TF32 off: float32 matmuls stay float32."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.set_num_threads(previous)
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+one_torch_thread = pytest.fixture(scope="module", autouse=True)(exact_single_thread)
 
 
 # ---- synthetic multimodal catalogue --------------------------------------------------------------------------

@@ -26,21 +26,10 @@ from mufasa.training.sal_trainer import (
     train_sal,
 )
 
+from torch_devices import DEVICES, exact_single_thread  # tests/torch_devices.py
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small models: one thread avoids OpenMP wake-up costs on a shared 2-core machine (and keeps runs exact).
-    # On CUDA, TF32 off: float32 matmuls stay float32 for the comparisons below.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.set_num_threads(before)
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+_one_thread = pytest.fixture(autouse=True)(exact_single_thread)
 
 
 def close(device: str, **cpu_tolerances) -> dict:

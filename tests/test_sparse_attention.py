@@ -29,23 +29,12 @@ from mufasa.models.sparse_attention import (
     dense_causal_attention,
 )
 
+from torch_devices import DEVICES, exact_single_thread  # tests/torch_devices.py
+
 D, H = 16, 2
 SETTINGS = settings(max_examples=12, deadline=None, derandomize=True)
 # Every device case runs the same examples (inputs and weights are drawn on the CPU, then moved).
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny float64 problems: one thread avoids OpenMP wake-up costs on a shared 2-core machine. On CUDA, TF32
-    # off (float32 matmuls exact to float32), for the float32 comparisons.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.set_num_threads(before)
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+_one_thread = pytest.fixture(autouse=True)(exact_single_thread)
 
 
 def make_module(seed: int = 0, device: str = "cpu", **overrides) -> MultiGranularitySparseAttention:
