@@ -5,7 +5,7 @@ Inputs: ``data/sequences/`` (train histories; validation targets for early stopp
 embeddings alone). Outputs: ``models/sal/model.pt`` (state dict) + ``config.json``, ``metrics/sal.json`` (the
 best validation row) and ``reports/sal/curves.png``. Checkpoints live in ``checkpoints/train_sal/<variant>/``
 and are removed on success, so a killed run resumes and a finished one never resumes stale state.
-``train_sal.nproc`` > 1 trains with DDP under torchrun (:func:`mufasa.pipeline.train_mfl.data_parallel_stage`).
+``train_sal.nproc`` > 1 trains with DDP under torchrun (:func:`mufasa.pipeline.data_parallel.data_parallel_stage`).
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ class SALScorer:
 
 
 def run_train_sal(params, paths: ProjectPaths, on_metrics: MetricsCallback | None = None):
-    from mufasa.pipeline.train_mfl import data_parallel_stage
+    from mufasa.pipeline.data_parallel import data_parallel_stage
 
     cfg = params.train_sal
     device = cfg.train.get("device", "auto")
