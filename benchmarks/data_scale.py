@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/data_scale.py                         # 1M, 5M, 20M events, this checkout
     .venv/bin/python benchmarks/data_scale.py --events 1000000 --code before=/tmp/old-checkout --code now=.
+    .venv/bin/python benchmarks/data_scale.py --source files --stages ingest   # the bring-your-own CSV reader
 
 A script, not a test. For every size it writes a synthetic MovieLens-CSV release (``mufasa.data.scale``: ML-25M's
 shape, ~150 events per user on a log-normal spread, Zipf-like items) into a scratch project whose params select the
@@ -53,12 +54,19 @@ def run_measured(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float,
     return wall, usage.ru_maxrss / 1024.0, proc.returncode, out[-2000:]
 
 
-def make_project(folder: Path, data: Path) -> None:
-    """A scratch project (params.yaml + dvc.yaml from this repo) whose ingest reads ``data`` as MovieLens CSV."""
+def make_project(folder: Path, data: Path, source: str) -> None:
+    """A scratch project (params.yaml + dvc.yaml from this repo) whose ingest reads ``data``: as the MovieLens CSV
+    release it is (``movielens-csv``), or as bring-your-own files with the MovieLens columns renamed (``files``)."""
     folder.mkdir(parents=True, exist_ok=True)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["ingest"]["source"] = "movielens-csv"
+    params["ingest"]["source"] = source
     params["ingest"]["movielens_csv"]["path"] = str(data)
+    params["ingest"]["files"].update(
+        interactions=str(data / "ratings.csv"),
+        items=str(data / "movies.csv"),
+        rename={"userId": "user_id", "movieId": "item_id"},
+        image_root=None,
+    )
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copy(REPO / "dvc.yaml", folder / "dvc.yaml")
 
@@ -69,8 +77,12 @@ def main() -> None:
     ap.add_argument("--code", action="append", default=[], help="LABEL=PATH of a checkout to run the stages from")
     ap.add_argument("--work", type=Path, default=Path("/tmp/mufasa-data-scale"), help="scratch folder")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
-    ap.add_argument("--out", type=Path, default=RESULTS / "data-scale")
+    ap.add_argument("--source", choices=["movielens-csv", "files"], default="movielens-csv",
+                    help="ingest source reading the generated release (files: the bring-your-own CSV reader)")
+    ap.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to run, in order")
+    ap.add_argument("--out", type=Path, default=None, help="output stem (default results/data-scale[-files])")
     args = ap.parse_args()
+    out = args.out or RESULTS / ("data-scale" if args.source == "movielens-csv" else "data-scale-files")
     codes = dict(c.split("=", 1) for c in args.code) if args.code else {"this checkout": str(REPO)}
     codes = {label: Path(path).resolve() for label, path in codes.items()}
 
@@ -78,7 +90,7 @@ def main() -> None:
     shutil.rmtree(args.work, ignore_errors=True)
     for label, code in codes.items():
         env = dict(os.environ, PYTHONPATH=str(code))
-        wall, rss, rc, out = run_measured(
+        wall, rss, rc, tail = run_measured(
             [sys.executable, "-c", "import mufasa.cli, mufasa.pipeline.stages"], code, env
         )
         rows.append({"code": label, "events": 0, "stage": "imports", "seconds": wall, "peak_mb": rss, "rc": rc})
@@ -92,11 +104,11 @@ def main() -> None:
               f"(generated in {gen_s:.1f} s)", flush=True)
         for label, code in codes.items():
             project = args.work / f"project-{n}-{len(rows)}"
-            make_project(project, data)
+            make_project(project, data, args.source)
             env = dict(os.environ, PYTHONPATH=str(code))
-            for stage in STAGES:
+            for stage in args.stages:
                 cmd = [sys.executable, "-m", "mufasa.cli", "stage", stage, "--root", str(project), "--no-track"]
-                wall, rss, rc, out = run_measured(cmd, code, env)
+                wall, rss, rc, tail = run_measured(cmd, code, env)
                 row = {
                     "code": label, "events": n, "users": ds.n_users, "items": ds.n_items, "stage": stage,
                     "seconds": wall, "events_per_s": n / wall, "peak_mb": rss, "rc": rc,
@@ -105,18 +117,19 @@ def main() -> None:
                 print(f"  [{label}] {stage:9s} {wall:7.1f} s  {n / wall / 1e6:6.2f} M events/s  "
                       f"peak {rss:7.0f} MB  rc {rc}", flush=True)
                 if rc != 0:
-                    print(out, flush=True)
+                    print(tail, flush=True)
                     break
             shutil.rmtree(project, ignore_errors=True)
         shutil.rmtree(data, ignore_errors=True)
-        write(rows, codes, args.out)
+        write(rows, codes, out, args.source)
     if not args.keep:
         shutil.rmtree(args.work, ignore_errors=True)
-    write(rows, codes, args.out)
+    write(rows, codes, out, args.source)
 
 
-def write(rows: list[dict], codes: dict[str, Path], out: Path) -> None:
+def write(rows: list[dict], codes: dict[str, Path], out: Path, source: str) -> None:
     meta = {
+        "source": source,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "python": platform.python_version(),
@@ -128,9 +141,9 @@ def write(rows: list[dict], codes: dict[str, Path], out: Path) -> None:
         "# Data stages at scale (ingest -> validate -> sequences)",
         "",
         f"{meta['date']}; {meta['machine']}; Python {meta['python']}. Synthetic MovieLens-CSV releases "
-        "(`mufasa.data.scale`), each stage as its own `python -m mufasa.cli stage <name> --no-track` process; "
+        f"(`mufasa.data.scale`) read by the `{source}` ingest source, each stage as its own `python -m mufasa.cli stage <name> --no-track` process; "
         "peak = the process's max RSS (interpreter and imports included; see the imports row). "
-        "Command: `.venv/bin/python benchmarks/data_scale.py`.",
+        f"Command: `.venv/bin/python benchmarks/data_scale.py --source {source}`.",
         "",
         "| code | events | stage | seconds | M events/s | M events/s after startup | peak MB |",
         "|---|---:|---|---:|---:|---:|---:|",

@@ -191,3 +191,52 @@ def test_train_min_step_matches_a_per_user_loop():
         expected = int(np.diff(ts[a:b]).min()) if b - a > 1 else 0
         assert summary.loc[split.train["user_id"].iloc[u], "train_min_step"] == expected
     assert (summary["train_min_step"] < 0).any()
+
+
+# ------------------------------------------------------------------------------- typed CSV fast path (files)
+
+
+@pytest.mark.parametrize(
+    "name, sep, encoding, rename",
+    [
+        ("interactions.csv", ",", "utf-8", {}),
+        ("events.tsv", None, "utf-8", {"uid": "user_id", "iid": "item_id"}),
+        ("events.csv.gz", ",", "latin-1", {"uid": "user_id", "iid": "item_id"}),
+    ],
+)
+def test_typed_fast_path_reads_what_the_exact_text_path_reads(tmp_path, monkeypatch, name, sep, encoding, rename):
+    import gzip
+
+    from mufasa.data import readers
+
+    df = _interactions(3000).assign(rating=np.round(np.linspace(0.5, 5, 3000) * 2) / 2, note="é")
+    df = df.rename(columns={v: k for k, v in rename.items()})
+    delim = sep or "\t"
+    text = df.to_csv(index=False, sep=delim).encode(encoding)
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(text) if name.endswith(".gz") else text)
+
+    fast, fast_src = readers.read_interactions(path, rename=rename, sep=sep, encoding=encoding)
+    calls = []
+    monkeypatch.setattr(readers, "read_typed_csv", lambda *a, **k: calls.append(1))  # -> None: exact path
+    exact, exact_src = readers.read_interactions(path, rename=rename, sep=sep, encoding=encoding)
+    assert calls  # the exact path really ran
+    pd.testing.assert_frame_equal(fast, exact)
+    assert fast_src == exact_src
+    assert list(fast.columns) == ["user_id", "item_id", "timestamp", "rating"]
+
+
+def test_bad_values_deep_in_a_large_file_still_name_their_lines(tmp_path):
+    from mufasa.data import readers
+
+    df = _interactions(50_000)
+    text = df.to_csv(index=False).splitlines()
+    text[40_001] = text[40_001].replace(",", ",x", 1)  # data row 40,000 (line 40,002): item_id "x..."
+    text[45_001] = ",".join(text[45_001].split(",")[:2] + [""])  # a missing timestamp at line 45,002
+    path = tmp_path / "interactions.csv"
+    path.write_text("\n".join(text) + "\n")
+    with pytest.raises(readers.DataValidationError) as err:
+        readers.read_interactions(path)
+    by_column = {p.column: p for p in err.value.problems}
+    assert by_column["item_id"].rows == (40_002,) and by_column["item_id"].row_label == "line"
+    assert by_column["timestamp"].rows == (45_002,)

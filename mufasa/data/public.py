@@ -59,10 +59,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 
-from mufasa.data.readers import TableSource, decode_text, parse_int_column, parse_timestamp_column
+from mufasa.data.readers import (
+    TableSource,
+    decode_text,
+    parse_int_column,
+    parse_timestamp_column,
+    read_typed_csv,
+)
 from mufasa.data.schema import GENRE_SEPARATOR, DataValidationError, Problem
 
 ML1M_URL = "https://grouplens.org/datasets/movielens/1m/"
@@ -288,37 +293,11 @@ def _read_ratings_csv(path: Path) -> tuple[pd.DataFrame, TableSource]:
         raise DataValidationError([source.problem(None, "file is empty")]) from exc
     header.columns = [str(c).strip() for c in header.columns]
     _check_columns(header, cols, source, require_rows=False)
-    raw_names = {str(c).strip(): str(c) for c in pd.read_csv(path, nrows=0, encoding="utf-8").columns}
-    types = {"userId": pa.int64(), "movieId": pa.int64(), "rating": pa.float64(), "timestamp": pa.int64()}
-    try:  # columnar, multi-threaded C++ parse; ~3x faster than pandas' typed read on ML-25M-sized files
-        table = pa_csv.read_csv(
-            path,
-            convert_options=pa_csv.ConvertOptions(
-                include_columns=[raw_names[c] for c in cols],
-                column_types={raw_names[c]: types[c] for c in cols},
-                strings_can_be_null=False,
-            ),
-        )
-    except (pa.ArrowInvalid, UnicodeDecodeError):
-        table = None  # some value is not what it should be: the text pass below says which and where
-    if table is not None and table.num_rows and all(table.column(raw_names[c]).null_count == 0 for c in cols):
-        arrays = {}
-        for c in cols:  # one column at a time, each freed from the Arrow table once copied out: ~1 copy at peak
-            arrays[c] = table.column(raw_names[c]).to_numpy()
-            table = table.drop_columns([raw_names[c]])
-        del table
-        return (
-            pd.DataFrame(
-                {
-                    "user_id": arrays.pop("userId"),
-                    "item_id": arrays.pop("movieId"),
-                    "timestamp": arrays.pop("timestamp"),
-                    "rating": arrays.pop("rating"),
-                },
-                copy=False,
-            ),
-            source,
-        )
+    types = {"userId": ("user_id", pa.int64()), "movieId": ("item_id", pa.int64()),
+             "timestamp": ("timestamp", pa.int64()), "rating": ("rating", pa.float64())}
+    typed = read_typed_csv(path, types)
+    if typed is not None and len(typed.columns) == len(types):
+        return typed[["user_id", "item_id", "timestamp", "rating"]], source
     raw, source = _read_csv(path, cols)
     out = _ratings(raw, source, cols)  # raises with rows when a value is bad
     return out, source
