@@ -206,25 +206,14 @@ def run_length(
     return row
 
 
-def run_length_safely(
-    L: int,
-    tokens: int,
-    cfg: SparseAttentionConfig,
-    reps: int,
-    warmup: int,
-    device: torch.device,
-    dtype: torch.dtype = torch.float32,
-) -> dict:
-    """``run_length``, or ``{"L", "B", "error"}`` when it fails (out of memory, a kernel error): the run goes on."""
-    try:
-        return run_length(L, tokens, cfg, reps, warmup, device, dtype)
-    except Exception as exc:  # noqa: BLE001  (any failure of one length is a result to report, not a crash)
-        message = str(exc).strip()
-        error = f"{type(exc).__name__}: {message.splitlines()[0][:300] if message else ''}"
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        return {"L": L, "B": max(1, tokens // L), "error": error}
+def failure_row(L: int, tokens: int, device: torch.device, exc: Exception) -> dict:
+    """``{"L", "B", "error"}`` for a length that failed (out of memory, a kernel error), memory released."""
+    message = str(exc).strip()
+    error = f"{type(exc).__name__}: {message.splitlines()[0][:300] if message else ''}"
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"L": L, "B": max(1, tokens // L), "error": error}
 
 
 def write_reports(result: dict, stem: Path) -> None:
@@ -391,10 +380,12 @@ def main() -> None:
             torch.set_num_threads(n_threads)
             rows = []
             for L in args.lengths:
-                if device.type == "cpu":  # the exact CPU code path as before (an error ends the run)
+                try:
                     row = run_length(L, args.tokens, cfg, args.reps, args.warmup, device, dtype)
-                else:
-                    row = run_length_safely(L, args.tokens, cfg, args.reps, args.warmup, device, dtype)
+                except Exception as exc:  # noqa: BLE001  (on a GPU one failed length is a result, not a crash)
+                    if device.type == "cpu":
+                        raise
+                    row = failure_row(L, args.tokens, device, exc)
                 rows.append(row)
                 if device.type == "cuda":  # partial JSON after every length: a run killed later still leaves data
                     stem.parent.mkdir(parents=True, exist_ok=True)

@@ -131,23 +131,21 @@ def run_suite_chunks(chunks: Iterable[pd.DataFrame], suite: gx.ExpectationSuite)
         raise ValueError(f"suite {suite.name!r} has whole-table expectations {not_row_wise}: use run_suite")
     merged: list[CheckResult] | None = None
     n_rows = 0
-    last: pd.DataFrame | None = None
     for chunk in chunks:
-        last = chunk
         if len(chunk) == 0 and n_rows:
             continue
         part = run_suite(chunk, suite)
         n_rows += part.n_rows
         merged = list(part.checks) if merged is None else [_merge(a, b) for a, b in zip(merged, part.checks)]
     if merged is None:  # no chunk at all: validate an empty frame (columns unknown)
-        return run_suite(pd.DataFrame() if last is None else last, suite)
-    row_rules = [e for e in suite.expectations if e.expectation_type == ROW_COUNT]
-    for i, check in enumerate(merged):
-        if check.expectation == ROW_COUNT and row_rules:
-            rule = row_rules[0]
-            low, high = rule.min_value, rule.max_value
-            ok = (low is None or n_rows >= low) and (high is None or n_rows <= high)
-            merged[i] = dataclasses.replace(check, success=ok, observed=n_rows)
+        return run_suite(pd.DataFrame(), suite)
+    rule = next((e for e in suite.expectations if e.expectation_type == ROW_COUNT), None)
+    if rule is not None:
+        low, high = rule.min_value, rule.max_value
+        ok = (low is None or n_rows >= low) and (high is None or n_rows <= high)
+        merged = [
+            dataclasses.replace(c, success=ok, observed=n_rows) if c.expectation == ROW_COUNT else c for c in merged
+        ]
     return SuiteResult(
         suite=suite.name, success=all(c.success for c in merged), n_rows=n_rows, checks=tuple(merged)
     )

@@ -29,7 +29,7 @@ def unknown_column(column: str) -> str:
 
 def with_unknown_ids(df: pd.DataFrame, columns: Iterable[str], known: Iterable[int] | np.ndarray) -> pd.DataFrame:
     """A shallow copy of ``df`` (no data copied) plus ``<column>__unknown`` for each of ``columns``."""
-    known = np.unique(np.asarray(pd.Series(known).dropna(), dtype=np.int64))
+    known = np.asarray(known)
     out = df.copy(deep=False)
     for col in columns:
         if col not in df.columns:

@@ -108,6 +108,5 @@ def iter_parquet_frames(path: Path, rows: int, columns: list[str] | None = None)
         start += len(frame)
         yield frame
     if start == 0:
-        yield pf.schema_arrow.empty_table().to_pandas() if columns is None else pf.schema_arrow.empty_table().select(
-            columns
-        ).to_pandas()
+        empty = pf.schema_arrow.empty_table()
+        yield (empty if columns is None else empty.select(columns)).to_pandas()

@@ -50,7 +50,7 @@ def check_interactions(
     chunks = frame_chunks(interactions) if isinstance(interactions, pd.DataFrame) else interactions
     check_ids = item_ids is not None
     if check_ids:
-        known = np.unique(np.asarray(pd.Series(item_ids).dropna(), dtype=np.int64))
+        known = np.unique(np.asarray(item_ids))  # once per table, not per chunk
         chunks = (with_unknown_ids(c, ["item_id"], known) for c in chunks)
     return run_suite_chunks(chunks, interactions_suite(now=now, check_item_ids=check_ids))
 
