@@ -27,6 +27,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,13 +45,14 @@ STAGES = ("ingest", "validate", "sequences")
 
 def run_measured(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, int, str]:
     """Run ``cmd``; return (wall seconds, peak RSS in MB of that process, exit code, output tail)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-    proc.stdout.close()
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe: a chatty child can never block on a full pipe
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        out = log.read().decode(errors="replace")
     return wall, usage.ru_maxrss / 1024.0, proc.returncode, out[-2000:]
 
 
