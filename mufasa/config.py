@@ -136,16 +136,30 @@ class TrainSALConfig:
 
 
 @dataclass(frozen=True, config=_STRICT)
-class EvaluateConfig:
-    """``evaluate``: leave-one-out, full ranking; baselines trained on the same split with the same budget."""
+class SASRecBaselineConfig:
+    """``evaluate.sasrec``: the reference SASRec, checked key by key against ``SASRecConfig`` (``model``) and
+    ``SALTrainConfig`` (``train``). Its seed is ``train_sal.train.seed``, so a seeded comparison reseeds both."""
 
-    filter_history: bool = False  # standard LOO protocol ranks every item, history included
+    model: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+
+
+Ablation = Literal["mfl_off", "dense_attention", "window_only", "no_selection", "no_compression"]
+
+
+@dataclass(frozen=True, config=_STRICT)
+class EvaluateConfig:
+    """``evaluate``: leave-one-out, full ranking; baselines trained on the same split in the same run."""
+
+    filter_history: bool = False  # standard LOO protocol for sequential models ranks every item, history included
     ks: tuple[int, ...] = (10, 50)
-    # Always run (the gate needs both): most-popular and the SASRec-style dense-attention model.
+    # Always run (the gate needs both): most-popular and the reference SASRec (ID-only, RecBole's settings).
     baselines: tuple[Literal["popularity", "sasrec"], ...] = ("popularity", "sasrec")
-    # Ablations of MUFASA: MFL off (ID only), SAL with one branch removed. Cost one SAL training each.
-    ablations: tuple[Literal["mfl_off", "window_only", "no_selection", "no_compression"], ...] = ()
+    # Ablations of MUFASA, each one SAL training: MFL off (ID only), dense attention instead of the sparse
+    # branches, SAL with branches removed.
+    ablations: tuple[Ablation, ...] = ()
     batch_size: int = Field(default=512, ge=1)
+    sasrec: SASRecBaselineConfig = Field(default_factory=SASRecBaselineConfig)
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -154,7 +168,8 @@ class GateConfig:
 
     metric: str = "ndcg@10"
     min_gain_over_popularity: float = 0.0
-    min_gain_over_dense: float = 0.0
+    # Against the reference SASRec (``evaluate.sasrec``), by name; >= 0 demands that MUFASA wins.
+    min_gain_over_sasrec: float = 0.0
     max_regression_vs_champion: float = 0.0
     model_name: str = "mufasa-sal"
 

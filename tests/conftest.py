@@ -38,8 +38,10 @@ def synthetic_params_dict(**overrides) -> dict:
     raw["train_mfl"]["train"].update({"epochs": 3, "batch_size": 32, "progress": False})
     raw["train_sal"]["model"].update({"max_len": 64, "window": 16, "block_size": 8, "top_k": 2})
     raw["train_sal"]["train"].update({"epochs": 3, "batch_size": 16, "progress": False})
+    raw["evaluate"]["sasrec"]["model"].update({"max_len": 64})
+    raw["evaluate"]["sasrec"]["train"].update({"epochs": 3, "batch_size": 16, "progress": False})
     # tiny models on tiny data cannot be told apart reliably: the wiring tests accept any outcome vs baselines
-    raw["gate"].update({"min_gain_over_popularity": -1.0, "min_gain_over_dense": -1.0, "max_regression_vs_champion": 1.0})
+    raw["gate"].update({"min_gain_over_popularity": -1.0, "min_gain_over_sasrec": -1.0, "max_regression_vs_champion": 1.0})
     for key, value in overrides.items():
         raw[key] = value
     return raw

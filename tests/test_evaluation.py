@@ -68,6 +68,47 @@ def test_leave_one_out_inputs_never_contain_their_target_event(tmp_path):
     assert data.vocab.to_ids(t_items).tolist() == [1, 2, 3, 4, 5]
 
 
+class FixedScorer:
+    """Every user gets the same scores of items 1..N (column j = item j + 1)."""
+
+    def __init__(self, scores):
+        self.scores = torch.tensor(scores, dtype=torch.float32)
+
+    def score(self, histories):
+        return self.scores.expand(len(histories), -1)
+
+
+def test_history_filter_removes_other_history_items(tmp_path):
+    # user 1's test history is items 1..5 (catalogue 1..7); its test target, item 6, is new to it.
+    data = _store(tmp_path, [(1, i, 10 + i) for i in (1, 2, 3, 4, 5)] + [(1, 6, 30)])
+    target = int(data.test.targets[0])  # index of item 6
+    assert data.vocab.to_ids(np.array([target])).tolist() == [6]
+    scores = np.zeros(data.n_items, dtype=np.float32)
+    for item, s in {1: 9.0, 2: 8.0, 3: 7.0, 4: 6.0, 5: 5.0, 6: 4.0, 7: 1.0}.items():
+        scores[data.vocab.to_index(np.array([item]))[0] - 1] = s
+    unfiltered = evaluate(FixedScorer(scores), data.test, data.n_items, ks=(1, 2, 5))
+    filtered = evaluate(FixedScorer(scores), data.test, data.n_items, ks=(1, 2, 5), filter_history=True)
+    # unfiltered: items 1..5 all outrank item 6 -> rank 5; filtered: the history (1..5) is removed -> rank 0.
+    # A filter that does nothing leaves hr@1 at 0.
+    assert unfiltered["hr@5"] == 0.0 and unfiltered["mrr@5"] == 0.0
+    assert filtered["hr@1"] == 1.0
+
+
+def test_history_filter_never_removes_a_target_the_user_consumed_before(tmp_path):
+    # user 1 watched item 2 early and again as the test target: history 1, 2, 3, 4, 5 -> target 2.
+    data = _store(tmp_path, [(1, 1, 11), (1, 2, 12), (1, 3, 13), (1, 4, 14), (1, 5, 15), (1, 2, 16)])
+    assert data.vocab.to_ids(data.test.targets).tolist() == [2]
+    scores = np.zeros(data.n_items, dtype=np.float32)
+    for item, s in {1: 9.0, 2: 8.0, 3: 7.0, 6: 6.0, 7: 5.0}.items():
+        scores[data.vocab.to_index(np.array([item]))[0] - 1] = s
+    unfiltered = evaluate(FixedScorer(scores), data.test, data.n_items, ks=(1, 2))
+    filtered = evaluate(FixedScorer(scores), data.test, data.n_items, ks=(1, 2), filter_history=True)
+    # unfiltered: only item 1 outranks the target -> rank 1. filtered: item 1 (history) is removed and the
+    # target stays -> rank 0. A filter that drops the target too would rank it last (hr@2 = 0).
+    assert unfiltered["hr@1"] == 0.0 and unfiltered["hr@2"] == 1.0
+    assert filtered["hr@1"] == 1.0
+
+
 def test_popularity_and_history_filter(tmp_path):
     rows = [(u, i, 10 * u + i) for u in (1, 2, 3) for i in (1, 2, 3, 4)]
     data = _store(tmp_path, rows)
@@ -76,22 +117,20 @@ def test_popularity_and_history_filter(tmp_path):
     # train counts: items 1, 2 seen 3x; test target is item 4 (never in train) -> ranked behind 1, 2 and
     # tied with the 4 other unseen items (pessimistic) -> rank 6
     assert m["hr@3"] == 0.0
-    filtered = evaluate(pop, data.test, data.n_items, ks=(1, 3), filter_history=True)
+    filtered = evaluate(pop, data.test, data.n_items, ks=(1, 3, 4), filter_history=True)
     # items 1, 2, 3 are in every test history: removed, the target ties with 3 other unseen items -> rank 3
-    assert filtered["hr@3"] == 0.0 and filtered["hr@1"] == 0.0
+    assert filtered["hr@3"] == 0.0 and filtered["hr@4"] == 1.0
     assert evaluate(pop, data.test, data.n_items, ks=(10,))["hr@10"] == 1.0
-
-
 
 
 def test_gate_refuses_degraded_and_keeps_reasons():
     pop, dense = {"ndcg@10": 0.02}, {"ndcg@10": 0.05}
     champion = {"ndcg@10": 0.06}
-    good = decide({"ndcg@10": 0.061}, popularity=pop, dense=dense, champion=champion, max_regression_vs_champion=0.002)
+    good = decide({"ndcg@10": 0.061}, popularity=pop, sasrec=dense, champion=champion, max_regression_vs_champion=0.002)
     assert good.passed and good.as_tags()["gate.decision"] == "promoted"
-    degraded = decide({"ndcg@10": 0.03}, popularity=pop, dense=dense, champion=champion)
+    degraded = decide({"ndcg@10": 0.03}, popularity=pop, sasrec=dense, champion=champion)
     assert not degraded.passed
-    assert degraded.checks == {"beats_popularity": True, "beats_dense": False, "no_regression": False}
+    assert degraded.checks == {"beats_popularity": True, "beats_sasrec": False, "no_regression": False}
     assert "FAIL" in degraded.as_tags()["gate.reasons"]
-    no_dense = decide({"ndcg@10": 0.5}, popularity=pop, dense=None, champion=None)
+    no_dense = decide({"ndcg@10": 0.5}, popularity=pop, sasrec=None, champion=None)
     assert not no_dense.passed  # a missing baseline is never a pass

@@ -80,7 +80,7 @@ def test_degraded_model_is_refused_and_the_champion_stays(pipeline, tmp_path):
         torch.save(degraded, weights)  # a model that scores every item the same: worst rank everywhere
         stages.run_stage("evaluate", params, paths)
         strict = parse_params({**synthetic_params_dict(), "gate": {"min_gain_over_popularity": 0.0,
-                                                                    "min_gain_over_dense": -0.5,
+                                                                    "min_gain_over_sasrec": -0.5,
                                                                     "max_regression_vs_champion": 0.0}})
         result = _gate(strict, paths, tracker)
     finally:

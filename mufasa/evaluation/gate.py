@@ -3,8 +3,8 @@
 Rules (thresholds from ``params.yaml`` ``gate``; all on the same split and metric, default test NDCG@10):
 
 1. beat the most-popular baseline by at least ``min_gain_over_popularity`` (absolute);
-2. beat the dense-attention (SASRec-style) baseline by at least ``min_gain_over_dense`` (absolute; may be
-   negative to accept "no worse than dense within a tolerance");
+2. beat the reference SASRec (``evaluate.sasrec``, by name) by at least ``min_gain_over_sasrec`` (absolute;
+   the shipped value is >= 0: MUFASA must win, not merely come close);
 3. not regress more than ``max_regression_vs_champion`` below the current champion, re-evaluated on the same
    split in the same run (absent champion: rule passes).
 
@@ -39,11 +39,11 @@ def decide(
     candidate: dict[str, float],
     *,
     popularity: dict[str, float] | None,
-    dense: dict[str, float] | None,
+    sasrec: dict[str, float] | None,
     champion: dict[str, float] | None,
     metric: str = "ndcg@10",
     min_gain_over_popularity: float = 0.0,
-    min_gain_over_dense: float = 0.0,
+    min_gain_over_sasrec: float = 0.0,
     max_regression_vs_champion: float = 0.0,
 ) -> GateDecision:
     """Apply the three rules; every rule's outcome and numbers end up in ``reasons``."""
@@ -66,7 +66,7 @@ def decide(
         )
 
     rule("beats_popularity", popularity, min_gain_over_popularity, "popularity")
-    rule("beats_dense", dense, min_gain_over_dense, "dense")
+    rule("beats_sasrec", sasrec, min_gain_over_sasrec, "sasrec")
     if champion is None:
         checks["no_regression"] = True
         reasons.append("champion: none registered yet -> pass")

@@ -5,8 +5,10 @@ the training sequence plus the validation event (leave-one-out by time, as in SA
 target is ranked against **all** items (no sampled negatives) with :mod:`mufasa.evaluation.metrics`.
 
 Whether items already in the history are removed from the ranking is the ``filter_history`` parameter. The
-default is **not** filtered, the standard leave-one-out protocol (users do re-consume items, and a synthetic
-replay is exactly that); filtering can only raise the metrics, so reports state which was used.
+default is **not** filtered, the standard leave-one-out protocol for sequential models (users do re-consume
+items, and a synthetic replay is exactly that). Filtering removes the history items *other than the target*
+(a target the user consumed before keeps its place), so it can only raise the metrics; reports state which
+protocol was used.
 """
 
 from __future__ import annotations
@@ -134,20 +136,28 @@ def evaluate(
         scores = scorer.score(hist).float()  # (b, N)
         if scores.shape != (len(rows), n_items):
             raise ValueError(f"scorer returned {tuple(scores.shape)}, expected ({len(rows)}, {n_items})")
-        exclude = None
-        if filter_history:
-            exclude = torch.zeros_like(scores, dtype=torch.bool)
-            owner = np.repeat(np.arange(len(rows)), np.diff(hist.offsets))
-            exclude[torch.as_tensor(owner), torch.as_tensor(hist.items - 1)] = True
-            scores = scores.masked_fill(exclude, float("-inf"))
         targets = torch.as_tensor(data.targets[rows] - 1)
-        ranks.append(target_ranks(scores, targets, exclude))
+        if filter_history:
+            exclude = history_mask(hist, len(rows), n_items)
+            # The target is never removed, even when the user consumed it before: only the *other* history
+            # items leave the ranking (removing the target would push a correct re-consumption to the bottom).
+            exclude[torch.arange(len(rows)), targets] = False
+            scores = scores.masked_fill(exclude, float("-inf"))
+        ranks.append(target_ranks(scores, targets))
         top = torch.topk(scores, k=min(coverage_k, n_items), dim=1).indices.numpy()
         recommended[np.unique(top)] = True
     all_ranks = torch.cat(ranks) if ranks else torch.zeros(0)
     out = metrics_from_ranks(all_ranks, ks)
     out[f"coverage@{coverage_k}"] = float(recommended.mean())
     return out
+
+
+def history_mask(histories: Histories, n_users: int, n_items: int) -> torch.Tensor:
+    """(U, N) bool: True where item j + 1 occurs in user u's history."""
+    mask = torch.zeros(n_users, n_items, dtype=torch.bool)
+    owner = np.repeat(np.arange(n_users), np.diff(histories.offsets))
+    mask[torch.as_tensor(owner), torch.as_tensor(histories.items - 1)] = True
+    return mask
 
 
 class PopularityScorer:

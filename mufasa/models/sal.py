@@ -67,8 +67,10 @@ class SALConfig:
     attention: Literal["sparse", "dense"] = "sparse"
     # Left-truncation length (the most recent max_len events are kept); also the position-table size.
     max_len: int = 200
-    # SASRec's value for sparse data such as MovieLens.
+    # Dropout on embeddings and residual branches; SASRec's value for sparse data such as MovieLens.
     dropout: float = 0.2
+    # Dropout on attention probabilities, in every branch (SASRec/RecBole's attn_dropout_prob).
+    attn_dropout: float = 0.2
     # Full softmax is exact and cheap while the catalogue is small; "sampled" for large catalogues.
     loss: Literal["full", "sampled"] = "full"
     # Uniform negatives per batch (and as many in-batch negatives) for the sampled softmax.
@@ -94,8 +96,8 @@ class SALConfig:
             raise ValueError("n_layers, max_len and n_negatives must be >= 1")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError("dropout must be in [0, 1)")
+        if not (0.0 <= self.dropout < 1.0 and 0.0 <= self.attn_dropout < 1.0):
+            raise ValueError("dropout and attn_dropout must be in [0, 1)")
         _ = self.attention_config  # validates the attention shape
 
     @property
@@ -110,7 +112,13 @@ class SALConfig:
             use_window=self.use_window,
             use_compressed=self.use_compressed,
             use_selected=self.use_selected,
+            dropout=self.attn_dropout,
         )
+
+    kind = "sal"
+
+    def build(self, item_features: Tensor | None = None) -> SALModel:
+        return SALModel(self, item_features)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -2,12 +2,13 @@
 
 Every model is scored with the full-ranking leave-one-out protocol of :mod:`mufasa.evaluation.protocol` on the
 test split (histories = train + validation event). Baselines and ablations are trained here on the same
-training histories, with the same objective and the same training budget (``train_sal.train``) as MUFASA:
+training histories; ablations with MUFASA's objective and budget (``train_sal.train``):
 
 - ``popularity``: training-set item counts;
-- ``sasrec``: the SAL model with dense causal attention (SASRec-style), same features;
-- ``mfl_off``: SAL on ID embeddings only; ``window_only`` / ``no_selection`` / ``no_compression``: SAL with
-  branches removed.
+- ``sasrec``: the reference SASRec (:mod:`mufasa.models.sasrec`: ID-only, RecBole's settings and early
+  stopping, ``evaluate.sasrec``), the baseline the gate demands MUFASA beats;
+- ``mfl_off``: SAL on ID embeddings only; ``dense_attention``: MUFASA with dense causal attention instead of the
+  sparse branches; ``window_only`` / ``no_selection`` / ``no_compression``: SAL with branches removed.
 
 Outputs: ``metrics/eval.json`` (DVC metrics; per model, test and validation), ``reports/eval.md`` (table) and
 ``reports/eval.png`` (bar plot of test NDCG@10).
@@ -19,10 +20,11 @@ from mufasa.data.io import write_json, write_text
 from mufasa.evaluation.protocol import PopularityScorer, evaluate
 from mufasa.evaluation.report import bar_plot, metrics_table
 from mufasa.pipeline.paths import ProjectPaths
-from mufasa.pipeline.train_sal import SALScorer, load_inputs, load_model, train_variant
+from mufasa.pipeline.train_sal import SALScorer, load_inputs, load_model, train_sasrec, train_variant
 
 ABLATIONS: dict[str, dict] = {
     "mfl_off": {"use_fused": False},
+    "dense_attention": {"attention": "dense"},
     "window_only": {"use_compressed": False, "use_selected": False},
     "no_selection": {"use_selected": False},
     "no_compression": {"use_compressed": False},
@@ -60,7 +62,8 @@ def evaluate_all(params, paths: ProjectPaths, on_metrics=None, seed: int | None 
     if "popularity" in cfg.baselines:
         results["popularity"] = score(PopularityScorer(data.train, n))
     if "sasrec" in cfg.baselines:
-        results["sasrec"] = trained("sasrec", attention="dense")
+        cb = (lambda step, m: on_metrics(step, {f"sasrec/{k}": v for k, v in m.items()})) if on_metrics else None
+        results["sasrec"] = score(SALScorer(train_sasrec(params, inputs, paths.root, on_metrics=cb)[2].model))
     for name in cfg.ablations:
         results[name] = trained(name, **ABLATIONS[name])
     return results

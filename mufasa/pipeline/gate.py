@@ -67,11 +67,11 @@ def run_gate(params, paths: ProjectPaths, stage_run):
     decision = decide(
         results["mufasa"],
         popularity=results.get("popularity"),
-        dense=results.get("sasrec"),
+        sasrec=results.get("sasrec"),
         champion=champion_metrics,
         metric=cfg.metric,
         min_gain_over_popularity=cfg.min_gain_over_popularity,
-        min_gain_over_dense=cfg.min_gain_over_dense,
+        min_gain_over_sasrec=cfg.min_gain_over_sasrec,
         max_regression_vs_champion=cfg.max_regression_vs_champion,
     )
     tags = {**decision.as_tags(), "gate.previous_champion": previous or "none", "gate.run_id": stage_run.run_id}

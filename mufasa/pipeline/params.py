@@ -58,6 +58,7 @@ def parse_params(raw: dict | None, *, source: str = "params.yaml") -> Params:
         raise ParamsError(f"{source}: {details}") from exc
     mfl_configs(params, side_dim=1)  # validate the model sections now, not halfway through a run
     sal_configs(params, n_items=1, item_feature_dim=0 if not params.train_mfl.enabled else 1)
+    sasrec_configs(params, n_items=1)
     return params
 
 
@@ -71,6 +72,18 @@ def sal_configs(params: Params, *, n_items: int, item_feature_dim: int, **overri
         SALConfig, model_raw, "train_sal.model", n_items=n_items, item_feature_dim=item_feature_dim
     )
     return model, strict_dataclass(SALTrainConfig, params.train_sal.train, "train_sal.train")
+
+
+def sasrec_configs(params: Params, *, n_items: int):
+    """``(SASRecConfig, SALTrainConfig)`` of the reference SASRec (``evaluate.sasrec``), seeded as ``train_sal``."""
+    from mufasa.models.sasrec import SASRecConfig
+    from mufasa.training.sal_trainer import SALTrainConfig
+
+    section = params.evaluate.sasrec
+    model = strict_dataclass(SASRecConfig, section.model, "evaluate.sasrec.model", n_items=n_items)
+    seed = strict_dataclass(SALTrainConfig, params.train_sal.train, "train_sal.train").seed
+    train = strict_dataclass(SALTrainConfig, section.train, "evaluate.sasrec.train", seed=seed)
+    return model, train
 
 
 def mfl_configs(params: Params, *, side_dim: int, text_dim: int = 384, image_dim: int = 1280):

@@ -56,9 +56,8 @@ def seqs_of(h: Histories) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def train_variant(params, inputs: SALInputs, root: Path, variant: str, on_metrics=None, use_fused=True, **overrides):
-    """Train one SAL variant (the model, a baseline or an ablation) with the shared budget and objective."""
+    """Train one SAL variant (MUFASA or an ablation) with ``train_sal``'s objective and budget."""
     from mufasa.pipeline.params import sal_configs
-    from mufasa.training.sal_trainer import train_sal
 
     fused = inputs.fused if use_fused else None
     model_overrides = dict(overrides)
@@ -70,6 +69,23 @@ def train_variant(params, inputs: SALInputs, root: Path, variant: str, on_metric
         item_feature_dim=0 if fused is None else fused.shape[1],
         **model_overrides,
     )
+    result = fit(model_cfg, train_cfg, inputs, root, variant, fused, on_metrics)
+    return model_cfg, train_cfg, result
+
+
+def train_sasrec(params, inputs: SALInputs, root: Path, on_metrics=None):
+    """Train the reference SASRec (``evaluate.sasrec``: ID-only, RecBole's settings) on the same split."""
+    from mufasa.pipeline.params import sasrec_configs
+
+    model_cfg, train_cfg = sasrec_configs(params, n_items=inputs.data.n_items)
+    result = fit(model_cfg, train_cfg, inputs, root, "sasrec", None, on_metrics)
+    return model_cfg, train_cfg, result
+
+
+def fit(model_cfg, train_cfg, inputs: SALInputs, root: Path, variant: str, fused=None, on_metrics=None):
+    """Train ``model_cfg`` (SAL or SASRec) on the training histories, early-stopped on validation NDCG@10."""
+    from mufasa.training.sal_trainer import train_sal
+
     ckpt = root / "checkpoints" / "train_sal" / variant
     result = train_sal(
         model_cfg,
@@ -82,7 +98,7 @@ def train_variant(params, inputs: SALInputs, root: Path, variant: str, on_metric
     )
     if distributed.is_main():  # under DDP the checkpoint is rank 0's
         shutil.rmtree(ckpt, ignore_errors=True)
-    return model_cfg, train_cfg, result
+    return result
 
 
 def save_model(model, model_cfg, train_cfg, folder: Path) -> Path:
@@ -103,6 +119,8 @@ def load_model(folder: Path, fused: np.ndarray | None, device: str = "cpu"):
     cfg = json.loads((Path(folder) / "config.json").read_text())
     # models saved before selection groups existed selected per query block: keep their behaviour
     cfg["model"].setdefault("select_group", 1)
+    # models saved before attention dropout was wired trained without it (it never reached the attention)
+    cfg["model"].setdefault("attn_dropout", 0.0)
     model_cfg = SALConfig(**cfg["model"])
     feats = None
     if model_cfg.item_feature_dim > 0:
@@ -149,7 +167,7 @@ def _train_sal(params, paths: ProjectPaths, on_metrics: MetricsCallback | None =
     write_json(best, paths.metrics_dir / "sal.json")
     reports = paths.reports_dir / "sal"
     reports.mkdir(parents=True, exist_ok=True)
-    curves = plot_training_curves(result.history, reports / "curves.png")
+    curves = plot_training_curves(result.history, reports / "curves.png", criterion="val_ndcg@10", mode="max")
     metrics = {**{f"best_{k}": v for k, v in best.items()}, "epochs_run": float(result.epochs_run)}
     info = {
         "resumed_from": result.resumed_from,

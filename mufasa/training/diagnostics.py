@@ -150,12 +150,17 @@ def _figure(width: float, height: float):
     return fig
 
 
-def plot_training_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
+def plot_training_curves(
+    history: Sequence[dict[str, float]], path: Path, criterion: str = "val_loss", mode: str = "min"
+) -> Path:
     """PNG with one panel per loss term (train solid, validation dashed), the total, and the validation criterion.
 
     ``history`` rows are the trainer's per-epoch dicts (``epoch``, ``loss``, ``<term>``, ``val_loss``,
-    ``val_<term>``, optionally ``val_title_knn`` / ``val_collab_knn``).
+    ``val_<term>``, optionally ``val_title_knn`` / ``val_collab_knn``). ``criterion`` is the history key early
+    stopping follows (MFL: ``val_loss``, minimised; SAL: ``val_ndcg@10``, maximised), plotted with its best epoch.
     """
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
     if not history:
         raise ValueError("empty history: nothing to plot")
     epochs = [row["epoch"] for row in history]
@@ -170,10 +175,10 @@ def plot_training_curves(history: Sequence[dict[str, float]], path: Path) -> Pat
     for i, name in enumerate(panels):
         ax = fig.add_subplot(rows, cols, i + 1)
         if name == "val_criterion":
-            vals = [row.get("val_loss", np.nan) for row in history]
-            ax.plot(epochs, vals, marker="o", color="tab:red", label="val_loss (early stopping)")
+            vals = np.array([row.get(criterion, np.nan) for row in history], dtype=float)
+            ax.plot(epochs, vals, marker="o", color="tab:red", label=f"{criterion} (early stopping)")
             if np.isfinite(vals).any():
-                best = int(np.nanargmin(vals))
+                best = int(np.nanargmin(vals) if mode == "min" else np.nanargmax(vals))
                 ax.axvline(epochs[best], color="grey", linestyle=":", label=f"best epoch {epochs[best]:g}")
         elif name == "val_knn":
             for key in ("val_title_knn", "val_collab_knn"):

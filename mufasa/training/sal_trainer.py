@@ -53,6 +53,7 @@ __all__ = [
     "SequenceBatch",
     "evaluate_next_item",
     "extend_sequences",
+    "training_windows",
     "iter_last_scores",
     "length_bucketed_batches",
     "pad_sequences",
@@ -76,8 +77,8 @@ class SALTrainConfig:
     lr: float = 1e-3
     # Mild decoupled decay on matrices only (not biases, LayerNorms).
     weight_decay: float = 0.01
-    # Max global gradient norm: guards the early epochs of a full softmax.
-    grad_clip: float = 1.0
+    # Max global gradient norm: guards the early epochs of a full softmax. None: no clipping (as RecBole).
+    grad_clip: float | None = 1.0
     # Evaluations without a better NDCG@10 before stopping.
     patience: int = 10
     # Validate every eval_every epochs (and after the last one).
@@ -91,8 +92,8 @@ class SALTrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.eval_every < 1:
             raise ValueError("need epochs, batch_size, patience and eval_every >= 1")
-        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip <= 0:
-            raise ValueError("need lr > 0, weight_decay >= 0, grad_clip > 0")
+        if self.lr <= 0 or self.weight_decay < 0 or (self.grad_clip is not None and self.grad_clip <= 0):
+            raise ValueError("need lr > 0, weight_decay >= 0, grad_clip > 0 (or None)")
         if self.max_len is not None and self.max_len < 1:
             raise ValueError("max_len must be >= 1 (or None)")
 
@@ -163,6 +164,33 @@ def length_bucketed_batches(lengths: np.ndarray, batch_size: int, generator: tor
         batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
     order = torch.randperm(len(batches), generator=generator).numpy()
     return [batches[i] for i in order]
+
+
+def training_windows(seqs: TrainSeqs, max_len: int) -> TrainSeqs:
+    """Cut each history into windows of at most ``max_len + 1`` events so that every next-item target is trained.
+
+    A history of T events has T - 1 (input, target) pairs. The last window holds the newest ``max_len`` of them
+    (events [T - 1 - max_len, T)); each earlier window holds the ``max_len`` pairs before, overlapping the next
+    window by the one event that is both its last target and the next window's first input. Histories of at
+    most ``max_len + 1`` events stay whole, so short-history data train exactly as before. Positions restart
+    in each window, as in the reference SASRec's windows over the last ``max_len`` events.
+    """
+    offsets, items_index, ts = (np.asarray(a, dtype=np.int64) for a in seqs)
+    lengths = np.diff(offsets)
+    pairs = np.maximum(lengths - 1, 0)
+    n_windows = np.maximum(-(-pairs // max_len), 1)  # (U,)
+    if int(n_windows.max(initial=1)) == 1:
+        return offsets, items_index, ts
+    user = np.repeat(np.arange(len(lengths)), n_windows)
+    # k = 0 for each user's newest window, 1 for the one before, ...: window k ends at event T - k * max_len
+    k = np.arange(len(user)) - np.repeat(np.cumsum(n_windows) - n_windows, n_windows)
+    k = (n_windows[user] - 1) - k  # oldest window first, so a user's windows stay in time order
+    end = offsets[user + 1] - k * max_len
+    start = np.maximum(end - max_len - 1, offsets[user])
+    win_len = end - start
+    new_offsets = np.r_[0, np.cumsum(win_len)].astype(np.int64)
+    take = np.repeat(start - new_offsets[:-1], win_len) + np.arange(new_offsets[-1], dtype=np.int64)
+    return new_offsets, items_index[take], ts[take]
 
 
 def extend_sequences(seqs: TrainSeqs, items: np.ndarray, timestamps: np.ndarray) -> TrainSeqs:
@@ -318,11 +346,13 @@ def train_sal(
     device = distributed.local_device(resolve_device(train_cfg.device))
     generator = seed_everything(train_cfg.seed)  # same seed on every rank: same init, same global batch order
     feats = None if item_features is None else torch.as_tensor(np.asarray(item_features), dtype=torch.float32)
-    model = SALModel(model_cfg, feats).to(device)
+    model = model_cfg.build(feats).to(device)
     opt = _optimizer(model, train_cfg)
     stopper = EarlyStopping(patience=train_cfg.patience, mode="max")
 
-    lengths = np.diff(offsets)
+    # Every target is trained: a history longer than max_len + 1 becomes several windows (see training_windows).
+    windows = training_windows(seqs, max_len)
+    lengths = np.diff(windows[0])
     train_users = np.flatnonzero(lengths >= 2)  # one input and one target at least
     if len(train_users) == 0:
         raise ValueError("no user has the 2 events a next-item example needs")
@@ -350,7 +380,7 @@ def train_sal(
     distributed.check_same("checkpoint epoch", start_epoch)
     # DDP's forward is the loss (it only synchronises gradients through forward()); `model` stays the bare module
     # for validation and state dicts.
-    net = distributed.data_parallel(model, SALModel.calculate_loss, device) if world > 1 else None
+    net = distributed.data_parallel(model, type(model).calculate_loss, device) if world > 1 else None
 
     n_batches = -(-len(train_users) // train_cfg.batch_size)
     total = max(train_cfg.epochs - start_epoch, 0) * n_batches
@@ -365,14 +395,14 @@ def train_sal(
             for batch_pos in length_bucketed_batches(lengths[train_users], train_cfg.batch_size, generator):
                 rows = train_users[batch_pos]
                 if net is None:
-                    batch = pad_sequences(*seqs, rows, max_len, with_targets=True).to(device)
+                    batch = pad_sequences(*windows, rows, max_len, with_targets=True).to(device)
                     with autocast(device):
                         loss = model.calculate_loss(batch.items, batch.timestamps, batch.targets)
                     scaled = loss
                     n_pos = int((batch.targets > 0).sum())
                 else:
                     mine = distributed.shard(rows)  # an empty shard runs one row at weight 0 (DDP needs a backward)
-                    batch = pad_sequences(*seqs, mine if len(mine) else rows[:1], max_len, with_targets=True).to(device)
+                    batch = pad_sequences(*windows, mine if len(mine) else rows[:1], max_len, with_targets=True).to(device)
                     with autocast(device):
                         loss = net(batch.items, batch.timestamps, batch.targets)
                     n_pos = int((batch.targets > 0).sum()) if len(mine) else 0
@@ -380,7 +410,8 @@ def train_sal(
                     scaled = loss * (world * n_pos / n_batch)  # DDP averages over ranks: this sums to the global mean
                 opt.zero_grad(set_to_none=True)
                 scaled.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+                if train_cfg.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
                 opt.step()
                 loss_sum += loss.item() * n_pos
                 weight_sum += n_pos
