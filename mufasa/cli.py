@@ -206,12 +206,14 @@ def recommend(
 
 @app.command()
 def benchmark(
-    seeds: list[int] = typer.Option([0, 1, 2], "--seed", help="Seeds (repeat the option); default 0, 1, 2."),
+    seeds: list[int] = typer.Option([0, 1, 2, 3, 4], "--seed", help="Seeds (repeat the option); default 0-4."),
+    ablation_seeds: int = typer.Option(3, help="Popularity and the ablations run on the first N seeds only."),
     out: Path = typer.Option(Path("benchmarks/results/comparison"), help="Output path stem (.json/.md/.png)."),
     root: Path = typer.Option(None, help="Project root."),
     track: bool = typer.Option(True, help="Log the results to MLflow."),
 ) -> None:
-    """MUFASA vs popularity, SASRec and every ablation over several seeds (mean ± std); run the pipeline first."""
+    """MUFASA vs the reference SASRec (every seed), popularity and every ablation (first seeds), both protocols,
+    with a paired per-user significance test; run the pipeline first."""
     from mufasa.pipeline.benchmark import run_benchmark
     from mufasa.pipeline.tracking import NullTracker, Tracker, new_pipeline_key
 
@@ -219,7 +221,12 @@ def benchmark(
     tracker = Tracker.for_project(paths.root, params.tracking.experiment) if track else NullTracker()
     with tracker.stage_run("benchmark", new_pipeline_key()) as run:
         payload = run_benchmark(
-            params, paths, seeds, out, progress=lambda seed, r: typer.echo(f"seed {seed}: {json.dumps(r['mufasa'])}")
+            params,
+            paths,
+            seeds,
+            out,
+            progress=lambda seed, r: typer.echo(f"seed {seed}: {json.dumps({n: m['ndcg@10'] for n, m in r.items()})}"),
+            ablation_seeds=ablation_seeds,
         )
         for suffix in (".json", ".md", ".png"):
             run.log_artifact(Path(out).with_suffix(suffix))

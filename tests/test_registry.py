@@ -126,13 +126,81 @@ def test_report_prints_the_table(pipeline):
 
 
 def test_benchmark_compares_every_baseline_and_ablation(pipeline, tmp_path):
-    from mufasa.pipeline.benchmark import MODEL_ORDER, run_benchmark
+    from mufasa.pipeline.benchmark import HEADLINE, MODEL_ORDER, run_benchmark
 
     paths, params, _, _ = pipeline
-    payload = run_benchmark(params, paths, [0, 1], tmp_path / "cmp")
-    assert set(payload["mean_std"]) == set(MODEL_ORDER)
-    mean, std = payload["mean_std"]["mufasa"]["ndcg@10"]
-    assert 0 <= mean <= 1 and std >= 0
-    assert payload["per_seed"]["0"]["popularity"] == payload["per_seed"]["1"]["popularity"]  # no randomness
+    payload = run_benchmark(params, paths, [0, 1], tmp_path / "cmp", ablation_seeds=1)
+    for protocol in ("unfiltered", "filtered"):
+        assert set(payload["mean_std"][protocol]) == set(MODEL_ORDER)
+        mean, std = payload["mean_std"][protocol]["mufasa"]["ndcg@10"]
+        assert 0 <= mean <= 1 and std >= 0
+        sig = payload["significance_mufasa_vs_sasrec_ndcg@10"][protocol]
+        assert 0 <= sig["wilcoxon_p"] <= 1 and sig["ci95_low"] <= sig["mean_diff"] <= sig["ci95_high"]
+    # the headline models ran on both seeds, the rest on the first only
+    assert payload["seeds_per_model"]["sasrec"] == [0, 1] and payload["seeds_per_model"]["window_only"] == [0]
+    assert set(payload["per_seed"]["1"]) == set(HEADLINE)
+    # filtering can only help a model whose target is never removed
+    for name in MODEL_ORDER:
+        m = payload["per_seed"]["0"][name]
+        assert m["filtered"]["hr@10"] >= m["unfiltered"]["hr@10"], name
     table = (tmp_path / "cmp.md").read_text()
-    assert "| window_only |" in table and "±" in table
+    assert "| window_only |" in table and "±" in table and "Wilcoxon" in table and "History filtered" in table
+
+
+def test_paired_test_detects_a_real_difference_and_not_a_null_one():
+    from mufasa.pipeline.benchmark import paired_test
+
+    rng = np.random.default_rng(0)
+    base = rng.random(900)
+    better = paired_test(base + 0.05 + 0.01 * rng.standard_normal(900), base)
+    assert better["wilcoxon_p"] < 1e-6 and better["ci95_low"] > 0
+    same = paired_test(base + 0.01 * rng.standard_normal(900), base)
+    assert same["wilcoxon_p"] > 0.01 and same["ci95_low"] < 0 < same["ci95_high"]
+
+
+def test_refusal_at_the_shipped_margins_exits_3_and_fails_the_dagster_check(pipeline):
+    """The shipped gate (params.yaml) demands MUFASA >= the reference SASRec: a candidate that trails it by 0.001
+    NDCG@10 is refused by `mufasa stage gate` (exit 3) and by the Dagster `promotion_gate` check."""
+    from dagster import materialize
+
+    from orchestration.defs.assets import registered_model
+    from orchestration.defs.checks import promotion_gate
+    from orchestration.defs.resources import DvcResource, MlflowTracking, MufasaProject
+
+    paths, _, tracker, _ = pipeline
+    shipped = yaml.safe_load((REPO / "params.yaml").read_text())["gate"]
+    assert shipped["min_gain_over_sasrec"] >= 0  # the shipped gate never lets MUFASA trail the baseline
+    params_path, eval_path = paths.root / "params.yaml", paths.metrics_dir / "eval.json"
+    saved_params, saved_eval = params_path.read_text(), eval_path.read_text()
+    champion_before = alias_version(tracker.tracking_uri, NAME, CHAMPION)
+    try:
+        params_path.write_text(yaml.safe_dump({**synthetic_params_dict(), "gate": shipped}))
+        results = json.loads(saved_eval)
+        mufasa = results["models"]["mufasa"]
+        # popularity far below, SASRec just above MUFASA: only the SASRec rule can refuse
+        results["models"]["popularity"] = {**mufasa, "ndcg@10": mufasa["ndcg@10"] - 1.0}
+        results["models"]["sasrec"] = {**mufasa, "ndcg@10": mufasa["ndcg@10"] + 0.001}
+        eval_path.write_text(json.dumps(results))
+
+        out = CliRunner().invoke(app, ["stage", "gate", "--root", str(paths.root)])
+        assert out.exit_code == 3, out.output
+        gate = json.loads((paths.metrics_dir / "gate.json").read_text())
+        assert gate["passed"] is False and gate["checks"]["beats_sasrec"] is False
+        assert gate["checks"]["beats_popularity"] is True
+
+        resources = {
+            "project": MufasaProject(root=str(paths.root)),
+            "mlflow": MlflowTracking(enabled=True, tracking_uri=tracker.tracking_uri),
+            "dvc": DvcResource(enabled=False),
+        }
+        result = materialize([registered_model, promotion_gate], resources=resources, raise_on_error=False)
+        checks = {
+            e.event_specific_data.check_name: e.event_specific_data.passed
+            for e in result.all_events
+            if e.event_type_value == "ASSET_CHECK_EVALUATION"
+        }
+        assert checks == {"promotion_gate": False}
+        assert alias_version(tracker.tracking_uri, NAME, CHAMPION) == champion_before
+    finally:
+        params_path.write_text(saved_params)
+        eval_path.write_text(saved_eval)

@@ -127,8 +127,13 @@ def evaluate(
     filter_history: bool = False,
     batch_size: int = 512,
     coverage_k: int = 10,
-) -> dict[str, float]:
-    """Full-ranking metrics of ``scorer`` on one split, plus catalogue coverage of its top-``coverage_k`` lists."""
+    return_ranks: bool = False,
+):
+    """Full-ranking metrics of ``scorer`` on one split, plus catalogue coverage of its top-``coverage_k`` lists.
+
+    ``return_ranks``: return ``(metrics, ranks)`` with each user's 0-based target rank (U,) int64, in the order of
+    ``data.targets`` (for paired per-user comparisons of two models).
+    """
     ranks = []
     recommended = np.zeros(n_items, dtype=bool)
     for rows in _batches(len(data.targets), batch_size):
@@ -149,7 +154,7 @@ def evaluate(
     all_ranks = torch.cat(ranks) if ranks else torch.zeros(0)
     out = metrics_from_ranks(all_ranks, ks)
     out[f"coverage@{coverage_k}"] = float(recommended.mean())
-    return out
+    return (out, all_ranks.numpy().astype(np.int64)) if return_ranks else out
 
 
 def history_mask(histories: Histories, n_users: int, n_items: int) -> torch.Tensor:

@@ -1,8 +1,17 @@
-"""The published comparison: MUFASA vs baselines and every ablation, repeated over seeds (mean ± std).
+"""The published comparison: MUFASA vs the reference SASRec, popularity and every ablation, over seeds.
 
-Not part of the scheduled retrain (it trains 6 SAL variants per seed). Uses the stored split and fused item
-vectors (run the pipeline first), retrains every model per seed with ``train_sal.train`` as the shared budget,
-and writes ``<out>.json`` / ``.md`` / ``.png``; logs all three to MLflow when a tracker is given.
+Not part of the scheduled retrain. Uses the stored split and features (run the pipeline first) and retrains every
+model per seed, the MFL included (:func:`mufasa.pipeline.evaluate.evaluate_all` with ``seed``). MUFASA and the
+reference ``sasrec`` run on every seed; popularity and the ablations on the first ``ablation_seeds`` of them.
+
+Both protocols are reported: history **unfiltered** (the headline; the standard for sequential models and
+comparable with a reference library's sequential figures) and **filtered** (history items other than the target
+removed; comparable with a reference library's popularity figure). MUFASA vs ``sasrec`` is also tested per user:
+each user's NDCG@10, averaged over the seeds both ran, paired between the two models — a Wilcoxon signed-rank
+test (two-sided) and a paired bootstrap 95 % interval of the mean difference.
+
+Results (``<out>.json`` / ``.md`` / ``.png``) are written after every seed, so an interrupted run keeps the seeds
+it finished; the CLI logs them to MLflow.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mufasa.data.io import write_json, write_text
@@ -20,46 +30,122 @@ from mufasa.evaluation.report import bar_plot, metrics_table
 from mufasa.pipeline.evaluate import ABLATIONS, evaluate_all
 from mufasa.pipeline.paths import ProjectPaths
 
-MODEL_ORDER = ("mufasa", "popularity", "sasrec", "mfl_off", "window_only", "no_selection", "no_compression")
+HEADLINE = ("mufasa", "sasrec")
+MODEL_ORDER = ("mufasa", "sasrec", "popularity", *ABLATIONS)
+PROTOCOLS = ("unfiltered", "filtered")
 
 
-def run_benchmark(params, paths: ProjectPaths, seeds: list[int], out: Path, progress=None) -> dict:
+def ndcg_at(ranks: np.ndarray, k: int = 10) -> np.ndarray:
+    """Per-user NDCG@k of 0-based target ranks (one relevant item)."""
+    r = np.asarray(ranks, dtype=np.float64)
+    return np.where(r < k, 1.0 / np.log2(r + 2.0), 0.0)
+
+
+def paired_test(a: np.ndarray, b: np.ndarray, n_boot: int = 10_000, seed: int = 0) -> dict[str, float]:
+    """Paired comparison of per-user scores ``a`` vs ``b``: mean difference, bootstrap 95 % CI, Wilcoxon p."""
+    from scipy.stats import wilcoxon
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"need two equal-length 1-d score arrays, got {a.shape} and {b.shape}")
+    diff = a - b
+    rng = np.random.default_rng(seed)
+    boot = diff[rng.integers(0, len(diff), (n_boot, len(diff)))].mean(axis=1)
+    nonzero = diff[diff != 0]
+    p = float(wilcoxon(nonzero).pvalue) if len(nonzero) else 1.0
+    return {
+        "mean_diff": float(diff.mean()),
+        "ci95_low": float(np.quantile(boot, 0.025)),
+        "ci95_high": float(np.quantile(boot, 0.975)),
+        "wilcoxon_p": p,
+        "n_users": float(len(diff)),
+        "users_better": float((diff > 0).sum()),
+        "users_worse": float((diff < 0).sum()),
+    }
+
+
+def run_benchmark(
+    params, paths: ProjectPaths, seeds: list[int], out: Path, progress=None, ablation_seeds: int = 3
+) -> dict:
+    """Train and score every model over ``seeds``; write and return the payload (see the module docstring)."""
     params = dataclasses.replace(
         params,
         evaluate=dataclasses.replace(params.evaluate, baselines=("popularity", "sasrec"), ablations=tuple(ABLATIONS)),
     )
     per_seed: dict[int, dict] = {}
+    ranks: dict[int, dict] = {}
     started = time.perf_counter()
     payload: dict = {}
-    for seed in seeds:
-        results = evaluate_all(params, paths, seed=seed)
-        per_seed[seed] = {name: r["test"] for name, r in results.items()}
+    for i, seed in enumerate(seeds):
+        models = MODEL_ORDER if i < ablation_seeds else HEADLINE
+        results = evaluate_all(params, paths, seed=seed, models=models)
+        per_seed[seed] = {name: r["protocols"] for name, r in results.items()}
+        ranks[seed] = {name: r["ranks"] for name, r in results.items() if name in HEADLINE}
         if progress:
-            progress(seed, per_seed[seed])
+            progress(seed, {name: r["test"] for name, r in results.items()})
         # written after every seed: an interrupted comparison keeps the seeds it finished
-        payload = _write(params, list(per_seed), per_seed, Path(out), time.perf_counter() - started)
+        payload = _write(params, per_seed, ranks, Path(out), time.perf_counter() - started)
     return payload
 
 
-def _write(params, seeds: list[int], per_seed: dict[int, dict], out: Path, seconds: float) -> dict:
-    names = [n for n in MODEL_ORDER if n in per_seed[seeds[0]]]
-    metrics = [k for k in per_seed[seeds[0]]["mufasa"] if k != "n_users"]
-    combined = {n: {k: [per_seed[s][n][k] for s in seeds] for k in metrics} for n in names}
+def _write(params, per_seed: dict[int, dict], ranks: dict[int, dict], out: Path, seconds: float) -> dict:
+    seeds = list(per_seed)
+    tables, mean_std, seeds_of = {}, {}, {}
+    for protocol in PROTOCOLS:
+        combined: dict[str, dict[str, list[float]]] = {}
+        for name in MODEL_ORDER:
+            ran = [s for s in seeds if name in per_seed[s]]
+            if not ran:
+                continue
+            seeds_of[name] = ran
+            metrics = [k for k in per_seed[ran[0]][name][protocol] if k != "n_users"]
+            combined[name] = {k: [per_seed[s][name][protocol][k] for s in ran] for k in metrics}
+        mean_std[protocol] = {
+            n: {k: [float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0] for k, v in m.items()}
+            for n, m in combined.items()
+        }
+        tables[protocol] = combined
+    significance = {}
+    for protocol in PROTOCOLS:
+        per_user = {m: np.mean([ndcg_at(ranks[s][m][protocol]) for s in seeds], axis=0) for m in HEADLINE}
+        significance[protocol] = paired_test(per_user["mufasa"], per_user["sasrec"])
     payload = {
         "seeds": seeds,
-        "protocol": {"split": "test", "full_ranking": True, "filter_history": params.evaluate.filter_history},
-        "budget": params.train_sal.train,
+        "seeds_per_model": seeds_of,
+        "protocol": {"split": "test", "full_ranking": True, "leave_one_out": True, "ties": "pessimistic"},
+        "budget": {"mufasa": params.train_sal.train, "sasrec": params.evaluate.sasrec.train},
         "per_seed": {str(s): per_seed[s] for s in seeds},
-        "mean_std": {n: {k: [float(torch.tensor(v).mean()), float(torch.tensor(v).std()) if len(v) > 1 else 0.0]
-                         for k, v in m.items()} for n, m in combined.items()},
+        "mean_std": mean_std,
+        "significance_mufasa_vs_sasrec_ndcg@10": significance,
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
         "seconds": seconds,
     }
     write_json(payload, out.with_suffix(".json"))
-    title = f"MovieLens-100k style run, test split, full ranking, seeds {seeds} (mean ± std)"
-    write_text(metrics_table(combined, title=title), out.with_suffix(".md"))
-    bar_plot(combined, out.with_suffix(".png"))
+    write_text(_markdown(tables, significance, seeds_of), out.with_suffix(".md"))
+    bar_plot(tables["unfiltered"], out.with_suffix(".png"))
     return payload
+
+
+def _markdown(tables: dict, significance: dict, seeds_of: dict) -> str:
+    lines = [
+        "# MUFASA vs the reference SASRec and ablations",
+        "",
+        "Test split, leave-one-out by time, every user ranked against all items, pessimistic ties; mean ± std over "
+        "seeds (each model's seeds: " + "; ".join(f"{n} {s}" for n, s in seeds_of.items()) + ").",
+        "",
+    ]
+    for protocol in PROTOCOLS:
+        sig = significance[protocol]
+        title = f"History {protocol}" + (" (headline)" if protocol == "unfiltered" else "")
+        lines += [metrics_table(tables[protocol], title=title)]
+        lines += [
+            f"MUFASA − sasrec, per-user NDCG@10 averaged over seeds ({int(sig['n_users'])} users): "
+            f"{sig['mean_diff']:+.4f} (95 % CI {sig['ci95_low']:+.4f} … {sig['ci95_high']:+.4f}), "
+            f"Wilcoxon signed-rank p = {sig['wilcoxon_p']:.3g}; better for {int(sig['users_better'])} users, "
+            f"worse for {int(sig['users_worse'])}.",
+            "",
+        ]
+    return "\n".join(lines)
 
 
 def summary_json(payload: dict) -> str:

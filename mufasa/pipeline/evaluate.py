@@ -16,6 +16,10 @@ Outputs: ``metrics/eval.json`` (DVC metrics; per model, test and validation), ``
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
+
 from mufasa.data.io import write_json, write_text
 from mufasa.evaluation.protocol import PopularityScorer, evaluate
 from mufasa.evaluation.report import bar_plot, metrics_table
@@ -31,21 +35,39 @@ ABLATIONS: dict[str, dict] = {
 }
 
 
-def evaluate_all(params, paths: ProjectPaths, on_metrics=None, seed: int | None = None) -> dict[str, dict]:
-    """{model name: {"test": metrics, "valid": metrics}} for MUFASA (from ``models/sal``), baselines, ablations.
+def evaluate_all(
+    params, paths: ProjectPaths, on_metrics=None, seed: int | None = None, models: tuple[str, ...] | None = None
+) -> dict[str, dict]:
+    """Per model: ``{"test", "valid"}`` metrics under the configured protocol, ``"protocols"`` (test metrics with
+    history ``unfiltered`` and ``filtered``) and ``"ranks"`` (per-user test ranks under both, for paired tests).
 
-    ``seed`` (benchmark use) retrains MUFASA too instead of loading the stored model, with that seed for every
-    trained model.
+    MUFASA is loaded from ``models/sal``, baselines and ablations are trained here. ``seed`` (benchmark use)
+    retrains everything with that seed instead, the MFL included (its fused vectors are rebuilt in memory), so the
+    spread over seeds counts the MFL's own variance. ``models`` restricts which models run (default: MUFASA, the
+    configured baselines and ablations).
     """
     cfg = params.evaluate
     inputs = load_inputs(paths)
     data, n = inputs.data, inputs.data.n_items
     if seed is not None:
         params = _with_seed(params, seed)
+        if params.train_mfl.enabled and inputs.fused is not None:
+            from mufasa.pipeline.train_mfl import fit_mfl
+
+            fused = fit_mfl(params, paths, seed=seed, checkpoint=False)[3].fused.astype(np.float32)
+            inputs = dataclasses.replace(inputs, fused=fused)
+    wanted = set(models) if models is not None else {"mufasa", *cfg.baselines, *cfg.ablations}
 
     def score(scorer) -> dict[str, dict]:
-        kw = {"ks": tuple(cfg.ks), "filter_history": cfg.filter_history, "batch_size": cfg.batch_size}
-        return {"test": evaluate(scorer, data.test, n, **kw), "valid": evaluate(scorer, data.valid, n, **kw)}
+        kw = {"ks": tuple(cfg.ks), "batch_size": cfg.batch_size}
+        unfiltered, r_unf = evaluate(scorer, data.test, n, filter_history=False, return_ranks=True, **kw)
+        filtered, r_f = evaluate(scorer, data.test, n, filter_history=True, return_ranks=True, **kw)
+        return {
+            "test": filtered if cfg.filter_history else unfiltered,
+            "valid": evaluate(scorer, data.valid, n, filter_history=cfg.filter_history, **kw),
+            "protocols": {"unfiltered": unfiltered, "filtered": filtered},
+            "ranks": {"unfiltered": r_unf, "filtered": r_f},
+        }
 
     def trained(name: str, **overrides) -> dict[str, dict]:
         use_fused = overrides.pop("use_fused", True)
@@ -55,23 +77,23 @@ def evaluate_all(params, paths: ProjectPaths, on_metrics=None, seed: int | None 
         return score(SALScorer(result.model))
 
     results: dict[str, dict] = {}
-    if seed is None:
-        results["mufasa"] = score(SALScorer(load_model(paths.root / "models" / "sal", inputs.fused)))
-    else:
-        results["mufasa"] = trained("mufasa")
-    if "popularity" in cfg.baselines:
+    if "mufasa" in wanted:
+        if seed is None:
+            results["mufasa"] = score(SALScorer(load_model(paths.root / "models" / "sal", inputs.fused)))
+        else:
+            results["mufasa"] = trained("mufasa")
+    if "popularity" in wanted:
         results["popularity"] = score(PopularityScorer(data.train, n))
-    if "sasrec" in cfg.baselines:
+    if "sasrec" in wanted:
         cb = (lambda step, m: on_metrics(step, {f"sasrec/{k}": v for k, v in m.items()})) if on_metrics else None
         results["sasrec"] = score(SALScorer(train_sasrec(params, inputs, paths.root, on_metrics=cb)[2].model))
-    for name in cfg.ablations:
-        results[name] = trained(name, **ABLATIONS[name])
+    for name in ABLATIONS:
+        if name in wanted:
+            results[name] = trained(name, **ABLATIONS[name])
     return results
 
 
 def _with_seed(params, seed: int):
-    import dataclasses
-
     sal = params.train_sal
     new_sal = dataclasses.replace(sal, train={**sal.train, "seed": seed})
     return dataclasses.replace(params, train_sal=new_sal)

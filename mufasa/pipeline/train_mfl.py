@@ -48,32 +48,16 @@ def _inputs_hash(paths: ProjectPaths, cfg_json: str) -> str:
     return h.hexdigest()[:16]
 
 
-def run_train_mfl(params, paths: ProjectPaths, on_metrics: MetricsCallback | None = None):
-    cfg = params.train_mfl
-    nproc = cfg.nproc if cfg.enabled else 1  # MFL off trains nothing
-    return data_parallel_stage("train_mfl", nproc, cfg.train.get("device", "auto"), _train_mfl, params, paths, on_metrics)
+def fit_mfl(params, paths: ProjectPaths, seed: int | None = None, on_metrics=None, checkpoint: bool = True):
+    """Train the fusion layer on the stored features and TRAIN split; nothing is written but the checkpoint.
 
-
-def _train_mfl(params, paths: ProjectPaths, on_metrics: MetricsCallback | None = None):
+    ``seed`` (benchmark use) replaces ``train_mfl.train.seed``, so a seeded comparison counts MFL's own variance.
+    Returns ``(fusion_cfg, train_cfg, cfg_json, result, genres, genre_names)``.
+    """
     from mufasa.pipeline.params import mfl_configs
-    from mufasa.pipeline.stages import StageResult
-    from mufasa.training.diagnostics import plot_fused_projection, plot_training_curves
     from mufasa.training.mfl_trainer import collaborative_space, train_mfl
 
     items = pd.read_parquet(paths.raw_items)
-    fused_path = paths.root / "data" / "fused" / "items.npy"
-    model_dir = paths.root / "models" / "mfl"
-    if not params.train_mfl.enabled:
-        if not distributed.is_main():  # under torchrun: one writer
-            return StageResult("train_mfl", {}, info={"rank": distributed.rank()})
-        # MFL off (ablation / ID-only SAL): zero-width fused vectors keep every output and DVC stage in place.
-        save_npy(np.zeros((len(items), 0), dtype=np.float32), fused_path)
-        with atomic_path(model_dir) as tmp:
-            tmp.mkdir()
-            (tmp / "config.json").write_text(json.dumps({"enabled": False}) + "\n")
-        write_json({"enabled": 0.0}, paths.metrics_dir / "mfl.json")
-        return StageResult("train_mfl", {"fused": fused_path, "config": model_dir / "config.json"}, {}, {"enabled": False})
-
     feats = read_features(paths.features_dir)
     index = feats["index"]
     if not np.array_equal(index["item_id"].to_numpy(), items["item_id"].to_numpy()):
@@ -81,6 +65,8 @@ def _train_mfl(params, paths: ProjectPaths, on_metrics: MetricsCallback | None =
     fusion_cfg, train_cfg = mfl_configs(
         params, side_dim=feats["side"].shape[1], text_dim=feats["text"].shape[1], image_dim=feats["image"].shape[1]
     )
+    if seed is not None:
+        train_cfg = dataclasses.replace(train_cfg, seed=seed)
     vocab = ItemVocab(items["item_id"].to_numpy())
     _, offsets, train_items, _ = read_train_sequences(paths.sequences_dir / "train.parquet")
     collab, collab_mask = collaborative_space(
@@ -99,7 +85,7 @@ def _train_mfl(params, paths: ProjectPaths, on_metrics: MetricsCallback | None =
         sort_keys=True,
         default=str,
     )
-    ckpt_dir = paths.root / "checkpoints" / "train_mfl" / _inputs_hash(paths, cfg_json)
+    ckpt_dir = paths.root / "checkpoints" / "train_mfl" / _inputs_hash(paths, cfg_json) if checkpoint else None
     result = train_mfl(
         fusion_cfg,
         train_cfg,
@@ -113,6 +99,36 @@ def _train_mfl(params, paths: ProjectPaths, on_metrics: MetricsCallback | None =
         checkpoint_dir=ckpt_dir,
         on_metrics=on_metrics,
     )
+
+    return fusion_cfg, train_cfg, cfg_json, result, genres, genre_names
+
+
+def run_train_mfl(params, paths: ProjectPaths, on_metrics: MetricsCallback | None = None):
+    cfg = params.train_mfl
+    nproc = cfg.nproc if cfg.enabled else 1  # MFL off trains nothing
+    return data_parallel_stage("train_mfl", nproc, cfg.train.get("device", "auto"), _train_mfl, params, paths, on_metrics)
+
+
+def _train_mfl(params, paths: ProjectPaths, on_metrics: MetricsCallback | None = None):
+    from mufasa.pipeline.stages import StageResult
+    from mufasa.training.diagnostics import plot_fused_projection, plot_training_curves
+
+    items = pd.read_parquet(paths.raw_items)
+    fused_path = paths.root / "data" / "fused" / "items.npy"
+    model_dir = paths.root / "models" / "mfl"
+    if not params.train_mfl.enabled:
+        if not distributed.is_main():  # under torchrun: one writer
+            return StageResult("train_mfl", {}, info={"rank": distributed.rank()})
+        # MFL off (ablation / ID-only SAL): zero-width fused vectors keep every output and DVC stage in place.
+        save_npy(np.zeros((len(items), 0), dtype=np.float32), fused_path)
+        with atomic_path(model_dir) as tmp:
+            tmp.mkdir()
+            (tmp / "config.json").write_text(json.dumps({"enabled": False}) + "\n")
+        write_json({"enabled": 0.0}, paths.metrics_dir / "mfl.json")
+        return StageResult("train_mfl", {"fused": fused_path, "config": model_dir / "config.json"}, {}, {"enabled": False})
+
+    fusion_cfg, train_cfg, cfg_json, result, genres, genre_names = fit_mfl(params, paths, on_metrics=on_metrics)
+    ckpt_dir = paths.root / "checkpoints" / "train_mfl" / _inputs_hash(paths, cfg_json)
 
     if not distributed.is_main():  # DDP: rank 0 writes the outputs
         return StageResult("train_mfl", {}, info={"rank": distributed.rank()})
