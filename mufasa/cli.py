@@ -208,6 +208,7 @@ def recommend(
 def benchmark(
     seeds: list[int] = typer.Option([0, 1, 2, 3, 4], "--seed", help="Seeds (repeat the option); default 0-4."),
     ablation_seeds: int = typer.Option(3, help="Popularity and the ablations run on the first N seeds only."),
+    workers: int = typer.Option(1, help="Parallel training processes (one thread each)."),
     out: Path = typer.Option(Path("benchmarks/results/comparison"), help="Output path stem (.json/.md/.png)."),
     root: Path = typer.Option(None, help="Project root."),
     track: bool = typer.Option(True, help="Log the results to MLflow."),
@@ -227,6 +228,7 @@ def benchmark(
             out,
             progress=lambda seed, r: typer.echo(f"seed {seed}: {json.dumps({n: m['ndcg@10'] for n, m in r.items()})}"),
             ablation_seeds=ablation_seeds,
+            workers=workers,
         )
         for suffix in (".json", ".md", ".png"):
             run.log_artifact(Path(out).with_suffix(suffix))

@@ -129,7 +129,7 @@ def test_benchmark_compares_every_baseline_and_ablation(pipeline, tmp_path):
     from mufasa.pipeline.benchmark import HEADLINE, MODEL_ORDER, run_benchmark
 
     paths, params, _, _ = pipeline
-    payload = run_benchmark(params, paths, [0, 1], tmp_path / "cmp", ablation_seeds=1)
+    payload = run_benchmark(params, paths, [0, 1], tmp_path / "cmp", ablation_seeds=1, workers=2)
     for protocol in ("unfiltered", "filtered"):
         assert set(payload["mean_std"][protocol]) == set(MODEL_ORDER)
         mean, std = payload["mean_std"][protocol]["mufasa"]["ndcg@10"]

@@ -64,10 +64,39 @@ def paired_test(a: np.ndarray, b: np.ndarray, n_boot: int = 10_000, seed: int = 
     }
 
 
+def _quiet(params):
+    """The same params with every progress bar off (parallel workers would interleave them)."""
+    sal, mfl, ev = params.train_sal, params.train_mfl, params.evaluate
+    return dataclasses.replace(
+        params,
+        train_sal=dataclasses.replace(sal, train={**sal.train, "progress": False}),
+        train_mfl=dataclasses.replace(mfl, train={**mfl.train, "progress": False}),
+        evaluate=dataclasses.replace(
+            ev, sasrec=dataclasses.replace(ev.sasrec, train={**ev.sasrec.train, "progress": False})
+        ),
+    )
+
+
+def _step(params, paths: ProjectPaths, seed: int, models: tuple[str, ...], threads: int | None) -> tuple[int, dict]:
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return seed, evaluate_all(params, paths, seed=seed, models=models)
+
+
 def run_benchmark(
-    params, paths: ProjectPaths, seeds: list[int], out: Path, progress=None, ablation_seeds: int = 3
+    params,
+    paths: ProjectPaths,
+    seeds: list[int],
+    out: Path,
+    progress=None,
+    ablation_seeds: int = 3,
+    workers: int = 1,
 ) -> dict:
-    """Train and score every model over ``seeds``; write and return the payload (see the module docstring)."""
+    """Train and score every model over ``seeds``; write and return the payload (see the module docstring).
+
+    ``workers`` > 1 runs independent (seed, model) trainings in that many processes with one thread each (the
+    same seeded results; faster on a few cores than one process using them all, since small models scale poorly).
+    """
     params = dataclasses.replace(
         params,
         evaluate=dataclasses.replace(params.evaluate, baselines=("popularity", "sasrec"), ablations=tuple(ABLATIONS)),
@@ -76,20 +105,37 @@ def run_benchmark(
     ranks: dict[int, dict] = {}
     started = time.perf_counter()
     payload: dict = {}
-    for i, seed in enumerate(seeds):
-        models = MODEL_ORDER if i < ablation_seeds else HEADLINE
-        results = evaluate_all(params, paths, seed=seed, models=models)
-        per_seed[seed] = {name: r["protocols"] for name, r in results.items()}
-        ranks[seed] = {name: r["ranks"] for name, r in results.items() if name in HEADLINE}
+    # The headline pair first over every seed, then the rest over the first seeds: an interrupted run has the
+    # comparison that matters most. Written after every step, so it keeps every seed it finished.
+    steps = [(seed, (m,)) for seed in seeds for m in HEADLINE]
+    steps += [(seed, (m,)) for seed in seeds[:ablation_seeds] for m in MODEL_ORDER if m not in HEADLINE]
+
+    def collect(seed: int, results: dict) -> None:
+        nonlocal payload
+        per_seed.setdefault(seed, {}).update({name: r["protocols"] for name, r in results.items()})
+        ranks.setdefault(seed, {}).update({name: r["ranks"] for name, r in results.items() if name in HEADLINE})
         if progress:
             progress(seed, {name: r["test"] for name, r in results.items()})
-        # written after every seed: an interrupted comparison keeps the seeds it finished
-        payload = _write(params, per_seed, ranks, Path(out), time.perf_counter() - started)
+        if all(m in ranks.get(s, {}) for s in per_seed for m in HEADLINE):
+            payload = _write(params, per_seed, ranks, Path(out), time.perf_counter() - started)
+
+    if workers <= 1:
+        for seed, models in steps:
+            collect(*_step(params, paths, seed, models, None))
+        return payload
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    quiet = _quiet(params)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_step, quiet, paths, seed, models, 1) for seed, models in steps]
+        for future in as_completed(futures):
+            collect(*future.result())
     return payload
 
 
 def _write(params, per_seed: dict[int, dict], ranks: dict[int, dict], out: Path, seconds: float) -> dict:
-    seeds = list(per_seed)
+    seeds = sorted(per_seed)
     tables, mean_std, seeds_of = {}, {}, {}
     for protocol in PROTOCOLS:
         combined: dict[str, dict[str, list[float]]] = {}
@@ -107,7 +153,8 @@ def _write(params, per_seed: dict[int, dict], ranks: dict[int, dict], out: Path,
         tables[protocol] = combined
     significance = {}
     for protocol in PROTOCOLS:
-        per_user = {m: np.mean([ndcg_at(ranks[s][m][protocol]) for s in seeds], axis=0) for m in HEADLINE}
+        per_user = {m: np.mean([ndcg_at(ranks[s][m][protocol]) for s in seeds if m in ranks[s]], axis=0)
+                    for m in HEADLINE}
         significance[protocol] = paired_test(per_user["mufasa"], per_user["sasrec"])
     payload = {
         "seeds": seeds,

@@ -73,7 +73,8 @@ def evaluate_all(
         use_fused = overrides.pop("use_fused", True)
         prefix = f"{name}/"
         cb = (lambda step, m: on_metrics(step, {prefix + k: v for k, v in m.items()})) if on_metrics else None
-        _, _, result = train_variant(params, inputs, paths.root, name, on_metrics=cb, use_fused=use_fused, **overrides)
+        variant = name if seed is None else f"{name}-seed{seed}"  # parallel benchmark workers: own checkpoints
+        _, _, result = train_variant(params, inputs, paths.root, variant, on_metrics=cb, use_fused=use_fused, **overrides)
         return score(SALScorer(result.model))
 
     results: dict[str, dict] = {}
@@ -86,7 +87,9 @@ def evaluate_all(
         results["popularity"] = score(PopularityScorer(data.train, n))
     if "sasrec" in wanted:
         cb = (lambda step, m: on_metrics(step, {f"sasrec/{k}": v for k, v in m.items()})) if on_metrics else None
-        results["sasrec"] = score(SALScorer(train_sasrec(params, inputs, paths.root, on_metrics=cb)[2].model))
+        variant = "sasrec" if seed is None else f"sasrec-seed{seed}"
+        model = train_sasrec(params, inputs, paths.root, on_metrics=cb, variant=variant)[2].model
+        results["sasrec"] = score(SALScorer(model))
     for name in ABLATIONS:
         if name in wanted:
             results[name] = trained(name, **ABLATIONS[name])

@@ -73,12 +73,12 @@ def train_variant(params, inputs: SALInputs, root: Path, variant: str, on_metric
     return model_cfg, train_cfg, result
 
 
-def train_sasrec(params, inputs: SALInputs, root: Path, on_metrics=None):
+def train_sasrec(params, inputs: SALInputs, root: Path, on_metrics=None, variant: str = "sasrec"):
     """Train the reference SASRec (``evaluate.sasrec``: ID-only, RecBole's settings) on the same split."""
     from mufasa.pipeline.params import sasrec_configs
 
     model_cfg, train_cfg = sasrec_configs(params, n_items=inputs.data.n_items)
-    result = fit(model_cfg, train_cfg, inputs, root, "sasrec", None, on_metrics)
+    result = fit(model_cfg, train_cfg, inputs, root, variant, None, on_metrics)
     return model_cfg, train_cfg, result
 
 
