@@ -236,6 +236,29 @@ def benchmark(
     typer.echo(f"took {payload['seconds']:.0f} s")
 
 
+@app.command()
+def tune(
+    trials: int = typer.Option(20, help="New trials to run (a resumed study keeps its earlier ones)."),
+    timeout: float = typer.Option(None, help="Stop starting trials after this many seconds (per worker)."),
+    workers: int = typer.Option(1, help="Parallel trial processes (one thread each), sharing the study."),
+    seed: int = typer.Option(0, help="Sampler seed."),
+    study: str = typer.Option("mufasa-sal", help="Study name (resumed if its journal exists)."),
+    out: Path = typer.Option(Path("benchmarks/results/tune"), help="Output stem (.json/.md/.optuna.jsonl)."),
+    root: Path = typer.Option(None, help="Project root."),
+    track: bool = typer.Option(True, help="Log every trial as a nested MLflow run."),
+) -> None:
+    """Search MUFASA's SAL settings with Optuna on the validation split only (the test split is never read)."""
+    from mufasa.pipeline.tune import run_tune, summary
+
+    paths, params = _project(root)
+    payload = run_tune(
+        params, paths, out, n_trials=trials, timeout=timeout, seed=seed, workers=workers, tracking=track,
+        study_name=study,
+    )
+    typer.echo(Path(out).with_suffix(".md").read_text())
+    typer.echo(f"best: {summary(payload)}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
 

@@ -49,6 +49,9 @@ class SALConfig:
     item_feature_dim: int = 0
     # ID embeddings beside the fused features: collaborative signal that content features lack.
     use_id_embedding: bool = True
+    # Fused features in the output (scoring) table too, not only in the input: True ties input and output as
+    # SASRec does; False scores with ID embeddings alone (needs use_id_embedding), fused vectors inform the input.
+    fused_in_output: bool = True
     # Recommender-sized width (ANCHORS shapes): sequences, not language, need few dimensions.
     d_model: int = 64
     # Two layers: the least depth that lets one layer build "which item came before me" for the next to match
@@ -88,6 +91,8 @@ class SALConfig:
             raise ValueError("item_feature_dim must be >= 0")
         if not self.use_id_embedding and self.item_feature_dim == 0:
             raise ValueError("items need a representation: use_id_embedding or item_feature_dim > 0")
+        if not self.fused_in_output and not self.use_id_embedding:
+            raise ValueError("fused_in_output=False scores with ID embeddings: needs use_id_embedding")
         if self.attention not in ("sparse", "dense"):
             raise ValueError(f"attention must be 'sparse' or 'dense', got {self.attention!r}")
         if self.loss not in ("full", "sampled"):
@@ -201,17 +206,19 @@ class SALModel(nn.Module):
 
     # -- item representation ----------------------------------------------------------------------------------
 
-    def _represent(self, items: Tensor) -> Tensor:
+    def _represent(self, items: Tensor, with_features: bool = True) -> Tensor:
         """Item indices (any shape, 0 = padding) -> (..., D), zero for padding."""
         rep = self.id_embedding(items) if self.id_embedding is not None else None
-        if self.config.item_feature_dim > 0:
+        if with_features and self.config.item_feature_dim > 0:
             proj = self.feature_proj(self.item_features[items])
             rep = proj if rep is None else rep + proj
         return rep * (items > 0)[..., None].to(rep.dtype)
 
     def item_embeddings(self) -> Tensor:
-        """(N + 1, D) output embeddings used for scoring (row 0 = padding, zero), shared with the input side."""
-        return self._represent(torch.arange(self.config.n_items + 1, device=self.position.weight.device))
+        """(N + 1, D) output embeddings used for scoring (row 0 = padding, zero), shared with the input side
+        (ID embeddings only when ``fused_in_output`` is off)."""
+        items = torch.arange(self.config.n_items + 1, device=self.position.weight.device)
+        return self._represent(items, with_features=self.config.fused_in_output)
 
     # -- encoder ----------------------------------------------------------------------------------------------
 

@@ -121,6 +121,7 @@ def load_model(folder: Path, fused: np.ndarray | None, device: str = "cpu"):
     cfg["model"].setdefault("select_group", 1)
     # models saved before attention dropout was wired trained without it (it never reached the attention)
     cfg["model"].setdefault("attn_dropout", 0.0)
+    cfg["model"].setdefault("fused_in_output", True)
     model_cfg = SALConfig(**cfg["model"])
     feats = None
     if model_cfg.item_feature_dim > 0:
