@@ -5,7 +5,7 @@
     python3 benchmarks/attention.py --device cuda --dtype bfloat16 \
         --lengths 256 1024 4096 8192 16384 32768 65536 --reps 10 --warmup 3   # GPU (scripts/gpu_check.sh)
 
-Shapes follow ``shared/ANCHORS.md``: one attention layer *with its projections*, d_model 64, 2 heads x 32, batch
+Shapes follow the reference figures in ``benchmarks/README.md``: one attention layer *with its projections*, d_model 64, 2 heads x 32, batch
 B = tokens / L (16,384 tokens), fp32 on CPU, no padding. For every L both modules run in the same process, side
 by side (sparse and dense alternate within each repetition, so a noisy neighbour hits both), and we report the
 median of ``--reps`` after ``--warmup`` untimed runs:

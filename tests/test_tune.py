@@ -44,10 +44,16 @@ def test_values_reach_the_model_and_training_configs(prepared):
     from mufasa.pipeline.params import sal_configs
 
     _, params = prepared
-    p = with_values(params, {"model.dropout": 0.33, "model.fused_in_output": False, "train.lr": 0.002})
+    from mufasa.pipeline.params import mfl_configs
+
+    p = with_values(params, {"model.dropout": 0.33, "model.fused_in_output": False, "train.lr": 0.002,
+                             "mfl.train.epochs": 7, "mfl.losses.collaborative": 2.5})
     model, train = sal_configs(p, n_items=10, item_feature_dim=4)
     assert (model.dropout, model.fused_in_output, train.lr) == (0.33, False, 0.002)
     assert model.window == params.train_sal.model["window"]  # untouched keys stay
+    _, mfl_train = mfl_configs(p, side_dim=3)
+    assert mfl_train.epochs == 7 and mfl_train.losses.collaborative == 2.5
+    assert mfl_train.losses.semantic == mfl_configs(params, side_dim=3)[1].losses.semantic
     with pytest.raises(ValueError, match="model."):
         with_values(params, {"dropout": 0.1})
 

@@ -52,7 +52,7 @@ class SALConfig:
     # Fused features in the output (scoring) table too, not only in the input: True ties input and output as
     # SASRec does; False scores with ID embeddings alone (needs use_id_embedding), fused vectors inform the input.
     fused_in_output: bool = True
-    # Recommender-sized width (ANCHORS shapes): sequences, not language, need few dimensions.
+    # Recommender-sized width (the reference shapes, benchmarks/README.md): sequences, not language, need few dimensions.
     d_model: int = 64
     # Two layers: the least depth that lets one layer build "which item came before me" for the next to match
     # (what replaying an earlier session needs).

@@ -13,7 +13,7 @@ and a per-head sigmoid gate computed from the query's input combines them: ``o =
 g_sel*o_sel``. A disabled branch is neither computed nor gated in.
 
 Cost per query is O(window + L/block_size + top_k*block_size), never O(L): nothing here builds an L x L score
-matrix. On CPU the fast form is *block-structured* (ANCHORS.md: per-query gathers are dominated by
+matrix. On CPU the fast form is *block-structured* (benchmarks/README.md: per-query gathers are dominated by
 ``aten::gather``): queries are grouped by block and every branch is one call of PyTorch's SDPA (the CPU flash
 kernel: no probability matrix is stored for the backward) on a batch of small problems, one per (row, head,
 query block):
@@ -44,7 +44,7 @@ Departures from NSA (marked ``NOTE:`` in the code):
 Branch references: :meth:`MultiGranularitySparseAttention.branch_outputs` returns each branch alone (and the
 q, k, v it used) so tests can compare a branch with :func:`dense_causal_attention` or a masked dense reference.
 The CPU block path is the tested path; there is no separate GPU kernel (a ``flex_attention`` ``BlockMask`` is the
-natural one, see ANCHORS.md).
+natural one, see benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ __all__ = [
 
 BRANCHES = ("window", "compressed", "selected")
 # Query tile of the window branch, in events: the CPU flash kernel does ~1.7x more scores per ms on 64-query
-# tiles against 128 keys than on 32-query tiles against 96 (measured on the 2-core machine of ANCHORS.md), which
+# tiles against 128 keys than on 32-query tiles against 96 (measured on the 2-core machine of benchmarks/README.md), which
 # more than pays for the extra masked keys. Capped by the window (a short window needs no long tile).
 WINDOW_TILE = 64
 # Query chunks of the compressed branch: chunk c attends only to the summaries that exist by its end, so the
@@ -80,7 +80,7 @@ CMP_CHUNKS = 8
 class SparseAttentionConfig:
     """Shape of one sparse attention layer; defaults sized for recommender sequences (hundreds to 16k events)."""
 
-    # Recommender-sized model width: item sequences need far less than LLM widths (ANCHORS shapes).
+    # Recommender-sized model width: item sequences need far less than LLM widths (the reference shapes, benchmarks/README.md).
     d_model: int = 64
     # Two heads of 32: enough for a "recent interest" and a "long-range recall" head at this width.
     n_heads: int = 2
@@ -92,7 +92,7 @@ class SparseAttentionConfig:
     top_k: int = 4
     # Consecutive query blocks that share one selection (NSA shares per query group): 2 x 32 = 64 queries, the
     # window's length, so the blocks a group cannot select (its own) are the ones the window sees. 64-query
-    # problems run ~1.7x more scores per ms in the CPU flash kernel than 32-query ones (ANCHORS machine).
+    # problems run ~1.7x more scores per ms in the CPU flash kernel than 32-query ones (the reference machine, benchmarks/README.md).
     # Capped at window // block_size (see group_blocks).
     select_group: int = 2
     # Each branch can be switched off for ablations (at least one must stay on).
@@ -259,7 +259,7 @@ class _GatherRows(torch.autograd.Function):
 
     The backward is a scatter-add of ``grad`` rows into ``src``'s rows. CPU ``index_add_`` runs one parallel region
     per row: fine on an idle machine, 10-30x slower when another process holds a core (measured on the 2-core
-    machine of ANCHORS.md). On CPU we instead multiply by the (n_src, n_rows) 0/1 selection matrix in CSR form
+    machine of benchmarks/README.md). On CPU we instead multiply by the (n_src, n_rows) 0/1 selection matrix in CSR form
     (one sparse-dense matmul, one parallel region); on GPUs ``index_add_`` (atomics) is the fast path.
     """
 

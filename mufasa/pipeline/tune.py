@@ -32,6 +32,10 @@ SPACE: dict[str, tuple[str, Any]] = {
     "model.fused_in_output": ("categorical", (True, False)),
     "train.lr": ("log", (3e-4, 3e-3)),
     "train.batch_size": ("categorical", (8, 16, 32)),
+    # The MFL is retrained per trial with these, so its checkpoint (how long it trains) and the weight of its
+    # collaborative alignment are chosen by what they do downstream: SAL's validation NDCG@10.
+    "mfl.train.epochs": ("categorical", (5, 20, 100)),
+    "mfl.losses.collaborative": ("log", (0.25, 4.0)),
 }
 
 
@@ -60,14 +64,25 @@ def suggest(trial) -> dict[str, Any]:
 
 
 def with_values(params, values: dict[str, Any]):
-    """``params`` with ``train_sal.model`` / ``train_sal.train`` keys replaced by ``values`` ("model.x", "train.y")."""
-    sal = params.train_sal
-    model = {**sal.model, **{k[6:]: v for k, v in values.items() if k.startswith("model.")}}
-    train = {**sal.train, **{k[6:]: v for k, v in values.items() if k.startswith("train.")}}
-    unknown = [k for k in values if not k.startswith(("model.", "train."))]
+    """``params`` with ``values`` applied: "model.x" / "train.y" -> ``train_sal.model`` / ``train_sal.train``;
+    "mfl.train.z" -> ``train_mfl.train``; "mfl.losses.w" -> ``train_mfl.train.losses``."""
+    prefixes = ("model.", "train.", "mfl.train.", "mfl.losses.")
+    unknown = [k for k in values if not k.startswith(prefixes)]
     if unknown:
-        raise ValueError(f"tune values must start with 'model.' or 'train.': {unknown}")
-    return dataclasses.replace(params, train_sal=dataclasses.replace(sal, model=model, train=train))
+        raise ValueError(f"tune values must start with one of {prefixes}: {unknown}")
+
+    def pick(prefix: str) -> dict[str, Any]:
+        return {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
+
+    sal, mfl = params.train_sal, params.train_mfl
+    mfl_train = {**mfl.train, **pick("mfl.train.")}
+    if pick("mfl.losses."):
+        mfl_train["losses"] = {**mfl.train.get("losses", {}), **pick("mfl.losses.")}
+    return dataclasses.replace(
+        params,
+        train_sal=dataclasses.replace(sal, model={**sal.model, **pick("model.")}, train={**sal.train, **pick("train.")}),
+        train_mfl=dataclasses.replace(mfl, train=mfl_train),
+    )
 
 
 def _objective(params, paths: ProjectPaths, inputs, tracker, search_key: str):
@@ -79,9 +94,15 @@ def _objective(params, paths: ProjectPaths, inputs, tracker, search_key: str):
         with tracker.stage_run(f"trial-{trial.number}", search_key, tags={"mufasa.role": "tune-trial"}) as run:
             run.log_params({**values, "trial": trial.number})
             t0 = time.perf_counter()
+            trial_inputs = inputs
+            if any(k.startswith("mfl.") for k in values) and params.train_mfl.enabled:
+                from mufasa.pipeline.train_mfl import fit_mfl
+
+                fused = fit_mfl(trial_params, paths, checkpoint=False)[3].fused.astype("float32")
+                trial_inputs = dataclasses.replace(inputs, fused=fused)
             _, _, result = train_variant(
                 trial_params,
-                inputs,
+                trial_inputs,
                 paths.root,
                 f"tune-{search_key}-{trial.number}",
                 on_metrics=lambda step, m: run.log_metrics(m, step=step),
@@ -135,8 +156,6 @@ def run_tune(
     study_name: str = "mufasa-sal",
 ) -> dict:
     """Run (or resume) the search; write and return the summary. ``n_trials`` counts this call's new trials."""
-    import multiprocessing
-
     import optuna
 
     out = Path(out)
@@ -154,6 +173,25 @@ def run_tune(
     )
     search_key = f"tune-{study_name}"
     started = time.perf_counter()
+    from mufasa.pipeline.tracking import NullTracker, Tracker
+
+    # The search's own run is created here, before any worker starts: it creates (migrates) the store once, so
+    # parallel workers never race to set up a fresh SQLite store, and the summary lands beside the trials.
+    tracker = Tracker.for_project(paths.root, params.tracking.experiment) if tracking else NullTracker()
+    with tracker.stage_run("search", search_key, tags={"mufasa.role": "tune-search"}) as search_run:
+        search_run.log_params({"study": study_name, "trials": n_trials, "workers": workers, "seed": seed})
+        _run_workers(quiet, paths, journal, study_name, n_trials, timeout, search_key, tracking, workers)
+        study = optuna.load_study(study_name=study_name, storage=_storage(journal))
+        payload = _summarise(study, params, out, time.perf_counter() - started)
+        search_run.log_metrics({"best_val_ndcg@10": payload["best"]["value"], "trials": len(payload["trials"])})
+        for suffix in (".json", ".md"):
+            search_run.log_artifact(out.with_suffix(suffix))
+    return payload
+
+
+def _run_workers(quiet, paths, journal, study_name, n_trials, timeout, search_key, tracking, workers) -> None:
+    import multiprocessing
+
     if workers <= 1:
         _worker(quiet, paths, journal, study_name, n_trials, timeout, search_key, tracking, None)
     else:
@@ -170,8 +208,6 @@ def run_tune(
         failed = [p.exitcode for p in procs if p.exitcode != 0]
         if failed:
             raise RuntimeError(f"tuning workers failed with exit codes {failed}")
-    study = optuna.load_study(study_name=study_name, storage=_storage(journal))
-    return _summarise(study, params, out, time.perf_counter() - started)
 
 
 def _summarise(study, params, out: Path, seconds: float) -> dict:
