@@ -80,7 +80,9 @@ def tool_env() -> dict[str, str]:
 
 
 def run_ok(args, cwd, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(args, cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=600, **kw)
+    # 30 min: `dvc repro` of the whole pipeline took > 600 s on a 2-core machine busy with other work; a hang
+    # still fails instead of blocking CI's 90 minutes
+    proc = subprocess.run(args, cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=1800, **kw)
     assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc
 

@@ -199,7 +199,8 @@ def test_two_processes_follow_the_one_process_run_step_by_step(runs, model):
         torch.testing.assert_close(rank1[f"{model}_state"][name], rank0[f"{model}_state"][name], rtol=0, atol=0)
     assert rank1[f"{model}_history"] == rank0[f"{model}_history"]
     if model == "mfl":
-        np.testing.assert_allclose(rank0["mfl_fused"].numpy(), single["mfl_fused"].numpy(), atol=1e-5)
+        # float noise of the gloo all-reduce: measured up to 1.07e-5 on unit vectors; a real divergence is > 1e-2
+        np.testing.assert_allclose(rank0["mfl_fused"].numpy(), single["mfl_fused"].numpy(), atol=1e-4)
 
 
 def test_resume_and_side_effects_belong_to_rank_0(runs):
@@ -281,7 +282,8 @@ def test_a_stage_with_nproc_2_launches_itself_under_torchrun(tmp_path):
     seen: list[tuple[int, dict]] = []
     result = stages.run_stage("train_mfl", parse_params(raw), paths, on_metrics=lambda s, m: seen.append((s, m)))
     fused = np.load(result.outputs["fused"])
-    np.testing.assert_allclose(fused, fused_single, atol=1e-5)
+    # float noise of the gloo all-reduce: measured up to 1.07e-5 on unit vectors; a real divergence is > 1e-2
+    np.testing.assert_allclose(fused, fused_single, atol=1e-4)
     assert [s for s, m in seen if "loss" in m] == [1, 2, 3] and "diag_effective_rank" in seen[-1][1]
     assert result.stage == "train_mfl" and result.metrics["epochs_run"] == 3.0
     assert json.loads((paths.root / "models" / "mfl" / "config.json").read_text())["enabled"] is True
