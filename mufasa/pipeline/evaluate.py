@@ -80,7 +80,7 @@ def evaluate_all(
     results: dict[str, dict] = {}
     if "mufasa" in wanted:
         if seed is None:
-            results["mufasa"] = score(SALScorer(load_model(paths.root / "models" / "sal", inputs.fused)))
+            results["mufasa"] = score(SALScorer(load_model(paths.sal_model_dir, inputs.fused)))
         else:
             results["mufasa"] = trained("mufasa")
     if "popularity" in wanted:

@@ -59,7 +59,7 @@ def run_gate(params, paths: ProjectPaths, stage_run):
         stage_run.run_id,
         uri,
         cfg.model_name,
-        paths.root / "models" / "sal",
+        paths.sal_model_dir,
         fused_path(paths),
         paths.raw_items,
         input_example(inputs),

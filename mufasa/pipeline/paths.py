@@ -65,6 +65,27 @@ class ProjectPaths:
     def mlflow_dir(self) -> Path:
         return self.root / "mlflow"
 
+    @property
+    def fused_items(self) -> Path:
+        """MFL's fused item vectors, (N, out_dim) in ``items.parquet`` order (zero-width when MFL is off)."""
+        return self.root / "data" / "fused" / "items.npy"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def mfl_model_dir(self) -> Path:
+        return self.models_dir / "mfl"
+
+    @property
+    def sal_model_dir(self) -> Path:
+        return self.models_dir / "sal"
+
+    def checkpoint_dir(self, stage: str, variant: str) -> Path:
+        """Per-run training checkpoints (removed once the run succeeds, so a killed run resumes from them)."""
+        return self.root / "checkpoints" / stage / variant
+
 
 def find_project_root(start: Path | None = None) -> Path:
     """The nearest folder at or above ``start`` (default: cwd) that holds ``dvc.yaml`` and ``params.yaml``."""

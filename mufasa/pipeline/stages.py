@@ -328,7 +328,7 @@ def fused_space_health(paths: ProjectPaths) -> dict:
     """Effective rank and title-neighbour preservation of the stored fused vectors, with a pass/fail verdict."""
     from mufasa.training.diagnostics import effective_rank, knn_overlap
 
-    fused = np.load(paths.root / "data" / "fused" / "items.npy", allow_pickle=False)
+    fused = np.load(paths.fused_items, allow_pickle=False)
     if fused.shape[1] == 0:
         return {"passed": True, "reason": "MFL disabled (zero-width fused vectors)", "n_items": len(fused)}
     text = np.load(paths.features_dir / "text.npy", allow_pickle=False)

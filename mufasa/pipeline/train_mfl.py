@@ -85,7 +85,7 @@ def fit_mfl(params, paths: ProjectPaths, seed: int | None = None, on_metrics=Non
         sort_keys=True,
         default=str,
     )
-    ckpt_dir = paths.root / "checkpoints" / "train_mfl" / _inputs_hash(paths, cfg_json) if checkpoint else None
+    ckpt_dir = paths.checkpoint_dir("train_mfl", _inputs_hash(paths, cfg_json)) if checkpoint else None
     result = train_mfl(
         fusion_cfg,
         train_cfg,
@@ -114,8 +114,8 @@ def _train_mfl(params, paths: ProjectPaths, on_metrics: MetricsCallback | None =
     from mufasa.training.diagnostics import plot_fused_projection, plot_training_curves
 
     items = pd.read_parquet(paths.raw_items)
-    fused_path = paths.root / "data" / "fused" / "items.npy"
-    model_dir = paths.root / "models" / "mfl"
+    fused_path = paths.fused_items
+    model_dir = paths.mfl_model_dir
     if not params.train_mfl.enabled:
         if not distributed.is_main():  # under torchrun: one writer
             return StageResult("train_mfl", {}, info={"rank": distributed.rank()})
@@ -128,7 +128,7 @@ def _train_mfl(params, paths: ProjectPaths, on_metrics: MetricsCallback | None =
         return StageResult("train_mfl", {"fused": fused_path, "config": model_dir / "config.json"}, {}, {"enabled": False})
 
     fusion_cfg, train_cfg, cfg_json, result, genres, genre_names = fit_mfl(params, paths, on_metrics=on_metrics)
-    ckpt_dir = paths.root / "checkpoints" / "train_mfl" / _inputs_hash(paths, cfg_json)
+    ckpt_dir = paths.checkpoint_dir("train_mfl", _inputs_hash(paths, cfg_json))
 
     if not distributed.is_main():  # DDP: rank 0 writes the outputs
         return StageResult("train_mfl", {}, info={"rank": distributed.rank()})

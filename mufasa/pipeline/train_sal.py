@@ -35,7 +35,7 @@ class SALInputs:
 
 
 def fused_path(paths: ProjectPaths) -> Path:
-    return paths.root / "data" / "fused" / "items.npy"
+    return paths.fused_items
 
 
 def load_inputs(paths: ProjectPaths) -> SALInputs:
@@ -86,7 +86,7 @@ def fit(model_cfg, train_cfg, inputs: SALInputs, root: Path, variant: str, fused
     """Train ``model_cfg`` (SAL or SASRec) on the training histories, early-stopped on validation NDCG@10."""
     from mufasa.training.sal_trainer import train_sal
 
-    ckpt = root / "checkpoints" / "train_sal" / variant
+    ckpt = ProjectPaths(root).checkpoint_dir("train_sal", variant)
     result = train_sal(
         model_cfg,
         train_cfg,
@@ -163,7 +163,7 @@ def _train_sal(params, paths: ProjectPaths, on_metrics: MetricsCallback | None =
     model_cfg, train_cfg, result = train_variant(params, inputs, paths.root, "mufasa", on_metrics=on_metrics)
     if not distributed.is_main():  # DDP: rank 0 writes the outputs
         return StageResult("train_sal", {}, info={"rank": distributed.rank()})
-    folder = save_model(result.model, model_cfg, train_cfg, paths.root / "models" / "sal")
+    folder = save_model(result.model, model_cfg, train_cfg, paths.sal_model_dir)
     best = {k: float(v) for k, v in result.best.items() if isinstance(v, (int, float))}
     write_json(best, paths.metrics_dir / "sal.json")
     reports = paths.reports_dir / "sal"
