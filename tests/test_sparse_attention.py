@@ -15,6 +15,7 @@ SDPA's math kernel; ``test_low_precision_matches_float64`` checks the float32 / 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -438,3 +439,50 @@ def test_low_precision_matches_float64(dtype, top_k, padded, device):
     for name, a, b in zip(("output", "grad x", "grad qkv.weight", "grad out.weight"), got, expected):
         rel = float((a - b).norm() / b.norm())
         assert rel < bound, f"{name}: relative error {rel:.2e} >= {bound:.0e} ({dtype} on {device})"
+
+
+WHOLE_LAYER = [
+    dict(window=8, block_size=4, top_k=2, select_group=2),
+    dict(window=4, block_size=4, top_k=1, select_group=1),
+    dict(window=6, block_size=3, top_k=3, select_group=2, use_compressed=False),
+    dict(window=8, block_size=2, top_k=2, select_group=4, use_window=False),
+    dict(window=8, block_size=4, top_k=2, select_group=2, use_selected=False),
+]
+
+
+@pytest.mark.parametrize("overrides", WHOLE_LAYER, ids=lambda o: "-".join(f"{k}{v}" for k, v in o.items()))
+@pytest.mark.parametrize("L,pads", [(37, [0, 5, 20]), (16, [0, 0, 3]), (45, [0, 44, 13])])
+def test_whole_layer_equals_the_readable_reference_in_outputs_and_gradients(overrides, L, pads):
+    """The fast block path and the library's O(L^2) reference of the whole layer (masks, three branches, gate
+    mix, output projection) agree in float64 on padded batches, outputs and gradients w.r.t. input and weights."""
+    from mufasa.models.sparse_attention import reference_sparse_attention
+
+    module = make_module(seed=len(pads) + L, **overrides).eval()
+    with torch.no_grad():  # a non-zero compression MLP, so phi is more than the block mean
+        module.compress_k.w2.normal_(0, 0.3)
+        module.compress_v.w2.normal_(0, 0.3)
+    x, valid = make_batch(L, 3, L, pads=pads)
+    x.requires_grad_(True)
+    fast = module(x, valid)
+    ref = reference_sparse_attention(module, x, valid)
+    torch.testing.assert_close(fast, ref, rtol=1e-9, atol=1e-10)
+    weight = torch.randn_like(fast)
+    params = [x, *module.parameters()]
+    g_fast = torch.autograd.grad((fast * weight).sum(), params, retain_graph=True, allow_unused=True)
+    g_ref = torch.autograd.grad((ref * weight).sum(), params, allow_unused=True)
+    for a, b in zip(g_fast, g_ref):
+        if a is None or b is None:
+            assert a is None or not a.any()
+            assert b is None or not b.any()
+            continue
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_reference_is_selectable_as_the_layer_implementation():
+    module = make_module(seed=3, window=8, block_size=4, top_k=2).eval()
+    ref_module = MultiGranularitySparseAttention(dataclasses.replace(module.config, impl="reference")).double()
+    ref_module.load_state_dict(module.state_dict())
+    x, valid = make_batch(1, 2, 30, pads=[0, 7])
+    torch.testing.assert_close(ref_module.eval()(x, valid), module(x, valid), rtol=1e-9, atol=1e-10)
+    with pytest.raises(ValueError, match="impl"):
+        SparseAttentionConfig(d_model=D, n_heads=H, impl="fast")

@@ -66,8 +66,10 @@ class SALConfig:
     use_window: bool = True
     use_compressed: bool = True
     use_selected: bool = True
-    # "dense" = SASRec-style baseline: SDPA causal attention, same model otherwise.
+    # "dense": dense causal attention (SDPA), same model otherwise (the dense_attention ablation).
     attention: Literal["sparse", "dense"] = "sparse"
+    # Sparse attention implementation: "block" (fast) or "reference" (readable O(L^2) masks, same results).
+    attention_impl: Literal["block", "reference"] = "block"
     # Left-truncation length (the most recent max_len events are kept); also the position-table size.
     max_len: int = 200
     # Dropout on embeddings and residual branches; SASRec's value for sparse data such as MovieLens.
@@ -119,6 +121,7 @@ class SALConfig:
             use_compressed=self.use_compressed,
             use_selected=self.use_selected,
             dropout=self.attn_dropout,
+            impl=self.attention_impl,
         )
 
     kind = "sal"

@@ -41,8 +41,11 @@ Departures from NSA (marked ``NOTE:`` in the code):
 - compression = mean pooling + a zero-initialised MLP correction over the flattened block (NSA: the MLP alone),
   so training starts from attention over block means.
 
-Branch references: :meth:`MultiGranularitySparseAttention.branch_outputs` returns each branch alone (and the
-q, k, v it used) so tests can compare a branch with :func:`dense_causal_attention` or a masked dense reference.
+References: :func:`reference_sparse_attention` (end of this file, ``impl="reference"``) is the whole layer as
+the paper reads — per row, (n, n) masks for the three branches, the gate mix, the output projection — in ~50
+lines; the tests hold the block path to it in float64, outputs and gradients.
+:meth:`MultiGranularitySparseAttention.branch_outputs` returns each branch alone (and the q, k, v it used) so
+tests can also compare a branch with :func:`dense_causal_attention` or a masked dense reference.
 The CPU block path is the tested path; there is no separate GPU kernel (a ``flex_attention`` ``BlockMask`` is the
 natural one, see benchmarks/README.md).
 """
@@ -52,6 +55,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +68,7 @@ __all__ = [
     "SparseAttentionConfig",
     "block_layout",
     "dense_causal_attention",
+    "reference_sparse_attention",
 ]
 
 BRANCHES = ("window", "compressed", "selected")
@@ -101,6 +106,9 @@ class SparseAttentionConfig:
     use_selected: bool = True
     # Dropout on attention probabilities; off by default (the SAL blocks already drop residuals).
     dropout: float = 0.0
+    # "block": the fast block-structured path; "reference": reference_sparse_attention, the readable O(L^2)
+    # masked form of the same layer (same parameters and results; for checking and reading, not for speed).
+    impl: Literal["block", "reference"] = "block"
 
     def __post_init__(self) -> None:
         if self.d_model < 1 or self.n_heads < 1 or self.d_model % self.n_heads:
@@ -111,6 +119,8 @@ class SparseAttentionConfig:
             raise ValueError("at least one attention branch must be enabled")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
+        if self.impl not in ("block", "reference"):
+            raise ValueError(f"impl must be 'block' or 'reference', got {self.impl!r}")
 
     @property
     def head_dim(self) -> int:
@@ -508,6 +518,10 @@ class MultiGranularitySparseAttention(nn.Module):
 
     def forward(self, x: Tensor, valid: Tensor) -> Tensor:
         """x: (B, L, D), valid: (B, L) bool (True = real event, left-padded) -> (B, L, D), zero at padding."""
+        if self.config.impl == "reference":
+            if self.training and self.config.dropout > 0:
+                raise ValueError("the reference implementation has no attention dropout: use impl='block' to train")
+            return reference_sparse_attention(self, x, valid)
         B, L, D = x.shape
         layout, outs, gates, padded = self._run(x, valid)
         H, nb, bs = self.config.n_heads, layout.n_blocks, layout.block_size
@@ -568,3 +582,69 @@ class DenseCausalAttention(nn.Module):
         p = self.config.dropout if self.training else 0.0
         y = dense_causal_attention(q, k, v, valid, dropout_p=p).transpose(1, 2).reshape(B, L, D)
         return self.out(y) * valid[..., None].to(y.dtype)
+
+
+# ---- the readable reference of the whole layer -------------------------------------------------------------
+
+
+def _masked_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor) -> Tensor:
+    """softmax(q k^T / sqrt(dh)) v over the ``allowed`` (.., Lq, Lk) keys; a query with none gets zeros."""
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1).nan_to_num(0.0)
+    return probs @ v
+
+
+def reference_sparse_attention(module: MultiGranularitySparseAttention, x: Tensor, valid: Tensor) -> Tensor:
+    """The whole layer written as the paper reads, one row at a time with (n, n) masks: O(L^2), for tests.
+
+    Same parameters, same result (outputs and gradients) as ``module(x, valid)`` in eval mode; no dropout.
+    For each row, on its n real events (positions t, s count from the first real event; block j = events
+    [j*bs, (j+1)*bs); only complete blocks are summarised or selected):
+
+      window      o_win[t]  = attn(q_t, {k_s : 0 <= t - s < window})
+      compressed  o_cmp[t]  = attn(q_t, {phi_k(block j) : block j ends at or before t})
+      selected    group i = query blocks [i*g, (i+1)*g); its top_k blocks j < i*g by q_{i*g*bs-1} . phi_k(block j)
+                  o_sel[t]  = attn(q_t, {k_s : s in the selected blocks of t's group})
+      output      y[t] = W_o concat_h( sum_b sigmoid(gate(x_t))_{h,b} * o_b[t] )   (an empty branch gives 0)
+    """
+    cfg = module.config
+    B, L, D = x.shape
+    check_left_padded(valid, L)
+    H, dh, bs = cfg.n_heads, cfg.head_dim, cfg.block_size
+    n_blocks_batch = max(1, -(-L // bs))  # the batch's block count caps the group size and k, as in the fast path
+    g = min(cfg.group_blocks, n_blocks_batch)
+    top_k = min(cfg.top_k, max(n_blocks_batch - 1, 1))
+    out = torch.zeros_like(x)
+    for b in range(B):
+        xr = x[b, valid[b]]  # (n, D): the row's real events
+        n = xr.shape[0]
+        if n == 0:
+            continue
+        q, k, v = module.qkv(xr).view(n, 3, H, dh).permute(1, 2, 0, 3).unbind(0)  # (H, n, dh) each
+        gates = torch.sigmoid(module.gate(xr)).view(n, H, 3).permute(1, 0, 2)  # (H, n, 3)
+        t = torch.arange(n, device=x.device)
+        nb = n // bs  # complete blocks
+        phi_k = module.compress_k(k[None, :, : nb * bs].reshape(1, H, nb, bs, dh))[0]  # (H, nb, dh)
+        phi_v = module.compress_v(v[None, :, : nb * bs].reshape(1, H, nb, bs, dh))[0]
+        branches = {}
+        if cfg.use_window:
+            dist = t[:, None] - t[None, :]
+            branches["window"] = _masked_attention(q, k, v, (dist >= 0) & (dist < cfg.window))
+        if cfg.use_compressed:
+            block_end = torch.arange(nb, device=x.device) * bs + bs - 1
+            branches["compressed"] = _masked_attention(q, phi_k, phi_v, block_end[None, :] <= t[:, None])
+        if cfg.use_selected:
+            chosen = torch.zeros(H, n, n, dtype=torch.bool, device=x.device)  # (H, query, key)
+            for first in range(g, nb + 1, g):  # group of query blocks [first, first + g): blocks before it complete
+                if first * bs >= n:
+                    break
+                with torch.no_grad():
+                    scores = (q[:, first * bs - 1, None] @ phi_k[:, :first].transpose(-1, -2))[:, 0]  # (H, first)
+                    picked = scores.topk(min(top_k, first), dim=-1).indices  # (H, <= top_k)
+                for h in range(H):
+                    for j in picked[h].tolist():
+                        chosen[h, first * bs : (first + g) * bs, j * bs : (j + 1) * bs] = True
+            branches["selected"] = _masked_attention(q, k, v, chosen)
+        mixed = sum(gates[..., BRANCHES.index(name), None] * o for name, o in branches.items())  # (H, n, dh)
+        out[b, valid[b]] = module.out(mixed.transpose(0, 1).reshape(n, D))
+    return out
