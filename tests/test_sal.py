@@ -399,3 +399,14 @@ def test_library_modules_import_no_orchestration_or_tracking_stack():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_sal_curves_plot_the_metric_early_stopping_follows(tmp_path):
+    from mufasa.training.diagnostics import plot_training_curves
+
+    history = [{"epoch": float(e), "loss": 7.0 - e, "val_ndcg@10": 0.01 * e, "seconds": 1.0} for e in (1, 2, 3)]
+    # SAL logs val_ndcg@10, not val_loss: asking for the wrong criterion fails instead of drawing an empty panel
+    with pytest.raises(ValueError, match="val_loss"):
+        plot_training_curves(history, tmp_path / "wrong.png")
+    path = plot_training_curves(history, tmp_path / "curves.png", criterion="val_ndcg@10", mode="max")
+    assert path.stat().st_size > 0

@@ -161,6 +161,10 @@ def plot_training_curves(
     """
     if mode not in ("min", "max"):
         raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+    has_validation = any(k.startswith("val_") for row in history for k in row)
+    if has_validation and not any(criterion in row for row in history):
+        # an empty early-stopping panel would hide the decision the curves are for
+        raise ValueError(f"history has validation metrics but no {criterion!r}: name the early-stopping metric")
     if not history:
         raise ValueError("empty history: nothing to plot")
     epochs = [row["epoch"] for row in history]
