@@ -28,6 +28,7 @@ import torch
 from mufasa.data.io import write_json, write_text
 from mufasa.evaluation.report import bar_plot, metrics_table
 from mufasa.pipeline.evaluate import ABLATIONS, evaluate_all
+from mufasa.pipeline.params import quiet
 from mufasa.pipeline.paths import ProjectPaths
 
 HEADLINE = ("mufasa", "sasrec")
@@ -62,19 +63,6 @@ def paired_test(a: np.ndarray, b: np.ndarray, n_boot: int = 10_000, seed: int = 
         "users_better": float((diff > 0).sum()),
         "users_worse": float((diff < 0).sum()),
     }
-
-
-def _quiet(params):
-    """The same params with every progress bar off (parallel workers would interleave them)."""
-    sal, mfl, ev = params.train_sal, params.train_mfl, params.evaluate
-    return dataclasses.replace(
-        params,
-        train_sal=dataclasses.replace(sal, train={**sal.train, "progress": False}),
-        train_mfl=dataclasses.replace(mfl, train={**mfl.train, "progress": False}),
-        evaluate=dataclasses.replace(
-            ev, sasrec=dataclasses.replace(ev.sasrec, train={**ev.sasrec.train, "progress": False})
-        ),
-    )
 
 
 def _step(params, paths: ProjectPaths, seed: int, models: tuple[str, ...], threads: int | None) -> tuple[int, dict]:
@@ -126,9 +114,9 @@ def run_benchmark(
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    quiet = _quiet(params)
+    quiet_params = quiet(params)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_step, quiet, paths, seed, models, 1) for seed, models in steps]
+        futures = [pool.submit(_step, quiet_params, paths, seed, models, 1) for seed, models in steps]
         for future in as_completed(futures):
             collect(*future.result())
     return payload

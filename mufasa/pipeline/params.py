@@ -62,6 +62,21 @@ def parse_params(raw: dict | None, *, source: str = "params.yaml") -> Params:
     return params
 
 
+def quiet(params: Params) -> Params:
+    """The same params with every training progress bar off (for parallel workers, whose bars would interleave)."""
+    import dataclasses
+
+    sal, mfl, ev = params.train_sal, params.train_mfl, params.evaluate
+    return dataclasses.replace(
+        params,
+        train_sal=dataclasses.replace(sal, train={**sal.train, "progress": False}),
+        train_mfl=dataclasses.replace(mfl, train={**mfl.train, "progress": False}),
+        evaluate=dataclasses.replace(
+            ev, sasrec=dataclasses.replace(ev.sasrec, train={**ev.sasrec.train, "progress": False})
+        ),
+    )
+
+
 def sal_configs(params: Params, *, n_items: int, item_feature_dim: int, **overrides):
     """``(SALConfig, SALTrainConfig)`` from ``train_sal``; ``overrides`` change the model (baselines, ablations)."""
     from mufasa.models.sal import SALConfig

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mufasa.data.io import write_json, write_text
+from mufasa.pipeline.params import quiet
 from mufasa.pipeline.paths import ProjectPaths
 
 # name -> (kind, choices or (low, high)); "model." keys are SALConfig fields, "train." keys SALTrainConfig fields
@@ -161,9 +162,7 @@ def run_tune(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     journal = str(out.with_suffix(".optuna.jsonl"))
-    quiet = dataclasses.replace(
-        params, train_sal=dataclasses.replace(params.train_sal, train={**params.train_sal.train, "progress": False})
-    )
+    quiet_params = quiet(params)
     optuna.create_study(
         study_name=study_name,
         storage=_storage(journal),
@@ -180,7 +179,7 @@ def run_tune(
     tracker = Tracker.for_project(paths.root, params.tracking.experiment) if tracking else NullTracker()
     with tracker.stage_run("search", search_key, tags={"mufasa.role": "tune-search"}) as search_run:
         search_run.log_params({"study": study_name, "trials": n_trials, "workers": workers, "seed": seed})
-        _run_workers(quiet, paths, journal, study_name, n_trials, timeout, search_key, tracking, workers)
+        _run_workers(quiet_params, paths, journal, study_name, n_trials, timeout, search_key, tracking, workers)
         study = optuna.load_study(study_name=study_name, storage=_storage(journal))
         payload = _summarise(study, params, out, time.perf_counter() - started)
         search_run.log_metrics({"best_val_ndcg@10": payload["best"]["value"], "trials": len(payload["trials"])})
@@ -189,16 +188,16 @@ def run_tune(
     return payload
 
 
-def _run_workers(quiet, paths, journal, study_name, n_trials, timeout, search_key, tracking, workers) -> None:
+def _run_workers(params, paths, journal, study_name, n_trials, timeout, search_key, tracking, workers) -> None:
     import multiprocessing
 
     if workers <= 1:
-        _worker(quiet, paths, journal, study_name, n_trials, timeout, search_key, tracking, None)
+        _worker(params, paths, journal, study_name, n_trials, timeout, search_key, tracking, None)
     else:
         ctx = multiprocessing.get_context("spawn")
         share = [n_trials // workers + (i < n_trials % workers) for i in range(workers)]
         procs = [
-            ctx.Process(target=_worker, args=(quiet, paths, journal, study_name, n, timeout, search_key, tracking, 1))
+            ctx.Process(target=_worker, args=(params, paths, journal, study_name, n, timeout, search_key, tracking, 1))
             for n in share if n > 0
         ]
         for p in procs:
