@@ -118,6 +118,9 @@ def _batches(n: int, size: int) -> Iterator[np.ndarray]:
         yield np.arange(start, min(n, start + size))
 
 
+PROTOCOLS = ("unfiltered", "filtered")
+
+
 def evaluate(
     scorer: Scorer,
     data: EvalSet,
@@ -127,34 +130,55 @@ def evaluate(
     filter_history: bool = False,
     batch_size: int = 512,
     coverage_k: int = 10,
-    return_ranks: bool = False,
-):
-    """Full-ranking metrics of ``scorer`` on one split, plus catalogue coverage of its top-``coverage_k`` lists.
+) -> dict[str, float]:
+    """Full-ranking metrics of ``scorer`` on one split, plus catalogue coverage of its top-``coverage_k`` lists."""
+    protocol = "filtered" if filter_history else "unfiltered"
+    return evaluate_protocols(
+        scorer, data, n_items, ks=ks, batch_size=batch_size, coverage_k=coverage_k, protocols=(protocol,)
+    )[protocol][0]
 
-    ``return_ranks``: return ``(metrics, ranks)`` with each user's 0-based target rank (U,) int64, in the order of
-    ``data.targets`` (for paired per-user comparisons of two models).
+
+def evaluate_protocols(
+    scorer: Scorer,
+    data: EvalSet,
+    n_items: int,
+    *,
+    ks: tuple[int, ...] = DEFAULT_KS,
+    batch_size: int = 512,
+    coverage_k: int = 10,
+    protocols: tuple[str, ...] = PROTOCOLS,
+) -> dict[str, tuple[dict[str, float], np.ndarray]]:
+    """``{protocol: (metrics, ranks)}`` from one scoring pass; ``ranks`` (U,) int64 holds each user's 0-based
+    target rank in the order of ``data.targets`` (for paired per-user comparisons of two models).
+
+    ``filtered`` removes the user's history items from the ranking, except the target itself (a re-consumed
+    target keeps its place: :func:`~mufasa.evaluation.metrics.target_ranks`); its coverage counts the top-k lists
+    a user would be shown, history removed.
     """
-    ranks = []
-    recommended = np.zeros(n_items, dtype=bool)
+    unknown = set(protocols) - set(PROTOCOLS)
+    if unknown:
+        raise ValueError(f"unknown protocols {sorted(unknown)}; choose from {PROTOCOLS}")
+    ranks: dict[str, list[torch.Tensor]] = {p: [] for p in protocols}
+    recommended = {p: np.zeros(n_items, dtype=bool) for p in protocols}
     for rows in _batches(len(data.targets), batch_size):
         hist = data.histories.subset(rows)
         scores = scorer.score(hist).float()  # (b, N)
         if scores.shape != (len(rows), n_items):
             raise ValueError(f"scorer returned {tuple(scores.shape)}, expected ({len(rows)}, {n_items})")
         targets = torch.as_tensor(data.targets[rows] - 1)
-        if filter_history:
-            exclude = history_mask(hist, len(rows), n_items)
-            # The target is never removed, even when the user consumed it before: only the *other* history
-            # items leave the ranking (removing the target would push a correct re-consumption to the bottom).
-            exclude[torch.arange(len(rows)), targets] = False
-            scores = scores.masked_fill(exclude, float("-inf"))
-        ranks.append(target_ranks(scores, targets))
-        top = torch.topk(scores, k=min(coverage_k, n_items), dim=1).indices.numpy()
-        recommended[np.unique(top)] = True
-    all_ranks = torch.cat(ranks) if ranks else torch.zeros(0)
-    out = metrics_from_ranks(all_ranks, ks)
-    out[f"coverage@{coverage_k}"] = float(recommended.mean())
-    return (out, all_ranks.numpy().astype(np.int64)) if return_ranks else out
+        for protocol in protocols:
+            exclude = history_mask(hist, len(rows), n_items) if protocol == "filtered" else None
+            ranks[protocol].append(target_ranks(scores, targets, exclude))
+            shown = scores if exclude is None else scores.masked_fill(exclude, float("-inf"))
+            top = torch.topk(shown, k=min(coverage_k, n_items), dim=1).indices.numpy()
+            recommended[protocol][np.unique(top)] = True
+    out = {}
+    for protocol in protocols:
+        all_ranks = torch.cat(ranks[protocol]) if ranks[protocol] else torch.zeros(0, dtype=torch.long)
+        metrics = metrics_from_ranks(all_ranks, ks)
+        metrics[f"coverage@{coverage_k}"] = float(recommended[protocol].mean())
+        out[protocol] = (metrics, all_ranks.numpy().astype(np.int64))
+    return out
 
 
 def history_mask(histories: Histories, n_users: int, n_items: int) -> torch.Tensor:

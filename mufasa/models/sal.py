@@ -75,7 +75,8 @@ class SALConfig:
     # Dropout on embeddings and residual branches; SASRec's value for sparse data such as MovieLens.
     dropout: float = 0.2
     # Dropout on attention probabilities, in every branch (SASRec/RecBole's attn_dropout_prob). Off by default so
-    # that a config with dropout 0 is deterministic; params.yaml sets the trained value.
+    # that a config with dropout 0 is deterministic (and models saved before the field existed, which trained
+    # without it, load as trained); params.yaml sets the trained value.
     attn_dropout: float = 0.0
     # Full softmax is exact and cheap while the catalogue is small; "sampled" for large catalogues.
     loss: Literal["full", "sampled"] = "full"

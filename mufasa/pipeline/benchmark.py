@@ -27,13 +27,13 @@ import torch
 
 from mufasa.data.io import write_json, write_text
 from mufasa.evaluation.report import bar_plot, metrics_table
-from mufasa.pipeline.evaluate import ABLATIONS, evaluate_all
+from mufasa.evaluation.protocol import PROTOCOLS
+from mufasa.pipeline.evaluate import ABLATIONS, evaluate_all, seeded_fused
 from mufasa.pipeline.params import quiet
 from mufasa.pipeline.paths import ProjectPaths
 
 HEADLINE = ("mufasa", "sasrec")
 MODEL_ORDER = ("mufasa", "sasrec", "popularity", *ABLATIONS)
-PROTOCOLS = ("unfiltered", "filtered")
 
 
 def ndcg_at(ranks: np.ndarray, k: int = 10) -> np.ndarray:
@@ -65,10 +65,16 @@ def paired_test(a: np.ndarray, b: np.ndarray, n_boot: int = 10_000, seed: int = 
     }
 
 
-def _step(params, paths: ProjectPaths, seed: int, models: tuple[str, ...], threads: int | None) -> tuple[int, dict]:
+def _fused(params, paths: ProjectPaths, seed: int, threads: int | None):
     if threads is not None:
         torch.set_num_threads(threads)
-    return seed, evaluate_all(params, paths, seed=seed, models=models)
+    return seeded_fused(params, paths, seed)
+
+
+def _step(params, paths: ProjectPaths, seed: int, models: tuple[str, ...], fused, threads: int | None):
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return seed, evaluate_all(params, paths, seed=seed, models=models, fused=fused)
 
 
 def run_benchmark(
@@ -107,16 +113,20 @@ def run_benchmark(
         if all(m in ranks.get(s, {}) for s in per_seed for m in HEADLINE):
             payload = _write(params, per_seed, ranks, Path(out), time.perf_counter() - started)
 
+    # The MFL is retrained once per seed and its vectors shared by every model of that seed.
     if workers <= 1:
+        fused = {seed: _fused(params, paths, seed, None) for seed in seeds}
         for seed, models in steps:
-            collect(*_step(params, paths, seed, models, None))
+            collect(*_step(params, paths, seed, models, fused[seed], None))
         return payload
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     quiet_params = quiet(params)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_step, quiet_params, paths, seed, models, 1) for seed, models in steps]
+        fits = {seed: pool.submit(_fused, quiet_params, paths, seed, 1) for seed in seeds}
+        fused = {seed: f.result() for seed, f in fits.items()}
+        futures = [pool.submit(_step, quiet_params, paths, seed, models, fused[seed], 1) for seed, models in steps]
         for future in as_completed(futures):
             collect(*future.result())
     return payload

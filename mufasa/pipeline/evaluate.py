@@ -21,7 +21,7 @@ import dataclasses
 import numpy as np
 
 from mufasa.data.io import write_json, write_text
-from mufasa.evaluation.protocol import PopularityScorer, evaluate
+from mufasa.evaluation.protocol import PopularityScorer, evaluate, evaluate_protocols
 from mufasa.evaluation.report import bar_plot, metrics_table
 from mufasa.pipeline.paths import ProjectPaths
 from mufasa.pipeline.train_sal import SALScorer, load_inputs, load_model, train_sasrec, train_variant
@@ -35,16 +35,31 @@ ABLATIONS: dict[str, dict] = {
 }
 
 
+def seeded_fused(params, paths: ProjectPaths, seed: int) -> np.ndarray | None:
+    """The MFL's fused item vectors retrained in memory with ``seed`` (None when MFL is off)."""
+    from mufasa.pipeline.train_mfl import fit_mfl
+
+    if not params.train_mfl.enabled:
+        return None
+    return fit_mfl(params, paths, seed=seed, checkpoint=False).result.fused.astype(np.float32)
+
+
 def evaluate_all(
-    params, paths: ProjectPaths, on_metrics=None, seed: int | None = None, models: tuple[str, ...] | None = None
+    params,
+    paths: ProjectPaths,
+    on_metrics=None,
+    seed: int | None = None,
+    models: tuple[str, ...] | None = None,
+    fused: np.ndarray | None = None,
 ) -> dict[str, dict]:
     """Per model: ``{"test", "valid"}`` metrics under the configured protocol, ``"protocols"`` (test metrics with
     history ``unfiltered`` and ``filtered``) and ``"ranks"`` (per-user test ranks under both, for paired tests).
 
     MUFASA is loaded from ``models/sal``, baselines and ablations are trained here. ``seed`` (benchmark use)
     retrains everything with that seed instead, the MFL included (its fused vectors are rebuilt in memory), so the
-    spread over seeds counts the MFL's own variance. ``models`` restricts which models run (default: MUFASA, the
-    configured baselines and ablations).
+    spread over seeds counts the MFL's own variance; ``fused`` supplies those vectors when the caller already has
+    them (:func:`seeded_fused`, fitted once per seed by the benchmark). ``models`` restricts which models run
+    (default: MUFASA, the configured baselines and ablations).
     """
     cfg = params.evaluate
     inputs = load_inputs(paths)
@@ -52,21 +67,18 @@ def evaluate_all(
     if seed is not None:
         params = _with_seed(params, seed)
         if params.train_mfl.enabled and inputs.fused is not None:
-            from mufasa.pipeline.train_mfl import fit_mfl
-
-            fused = fit_mfl(params, paths, seed=seed, checkpoint=False)[3].fused.astype(np.float32)
+            fused = seeded_fused(params, paths, seed) if fused is None else fused
             inputs = dataclasses.replace(inputs, fused=fused)
     wanted = set(models) if models is not None else {"mufasa", *cfg.baselines, *cfg.ablations}
 
     def score(scorer) -> dict[str, dict]:
         kw = {"ks": tuple(cfg.ks), "batch_size": cfg.batch_size}
-        unfiltered, r_unf = evaluate(scorer, data.test, n, filter_history=False, return_ranks=True, **kw)
-        filtered, r_f = evaluate(scorer, data.test, n, filter_history=True, return_ranks=True, **kw)
+        test = evaluate_protocols(scorer, data.test, n, **kw)  # both protocols, one scoring pass
         return {
-            "test": filtered if cfg.filter_history else unfiltered,
+            "test": test["filtered" if cfg.filter_history else "unfiltered"][0],
             "valid": evaluate(scorer, data.valid, n, filter_history=cfg.filter_history, **kw),
-            "protocols": {"unfiltered": unfiltered, "filtered": filtered},
-            "ranks": {"unfiltered": r_unf, "filtered": r_f},
+            "protocols": {p: metrics for p, (metrics, _) in test.items()},
+            "ranks": {p: ranks for p, (_, ranks) in test.items()},
         }
 
     def trained(name: str, **overrides) -> dict[str, dict]:

@@ -17,7 +17,7 @@ from mufasa.data.io import write_json
 from mufasa.evaluation.gate import decide
 from mufasa.evaluation.protocol import evaluate
 from mufasa.pipeline.paths import ProjectPaths
-from mufasa.pipeline.train_sal import fused_path, load_inputs
+from mufasa.pipeline.train_sal import load_inputs
 
 
 def input_example(inputs, n: int = 2):
@@ -60,7 +60,7 @@ def run_gate(params, paths: ProjectPaths, stage_run):
         uri,
         cfg.model_name,
         paths.sal_model_dir,
-        fused_path(paths),
+        paths.fused_items,
         paths.raw_items,
         input_example(inputs),
     )

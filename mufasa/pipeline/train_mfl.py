@@ -18,7 +18,9 @@ import dataclasses
 import hashlib
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -32,6 +34,10 @@ from mufasa.pipeline.features import read_features, save_npy
 from mufasa.pipeline.paths import ProjectPaths
 from mufasa.training import distributed
 from mufasa.training.common import MetricsCallback
+
+if TYPE_CHECKING:
+    from mufasa.models.fusion import FusionConfig
+    from mufasa.training.mfl_trainer import MFLTrainConfig, MFLTrainResult
 
 
 def primary_genres(items: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
@@ -48,11 +54,22 @@ def _inputs_hash(paths: ProjectPaths, cfg_json: str) -> str:
     return h.hexdigest()[:16]
 
 
-def fit_mfl(params, paths: ProjectPaths, seed: int | None = None, on_metrics=None, checkpoint: bool = True):
+@dataclass(frozen=True)
+class FittedMFL:
+    fusion_cfg: FusionConfig
+    train_cfg: MFLTrainConfig
+    cfg_json: str  # what config.json records (and the checkpoint folder's hash covers)
+    result: MFLTrainResult
+    genres: np.ndarray  # (N,) primary genre id per item
+    genre_names: list[str]
+    checkpoint_dir: Path | None
+
+
+def fit_mfl(params, paths: ProjectPaths, seed: int | None = None, on_metrics=None, checkpoint: bool = True) -> FittedMFL:
     """Train the fusion layer on the stored features and TRAIN split; nothing is written but the checkpoint.
 
     ``seed`` (benchmark use) replaces ``train_mfl.train.seed``, so a seeded comparison counts MFL's own variance.
-    Returns ``(fusion_cfg, train_cfg, cfg_json, result, genres, genre_names)``.
+    ``checkpoint=False`` (in-memory benchmark and tuning fits) trains without a resumable checkpoint.
     """
     from mufasa.pipeline.params import mfl_configs
     from mufasa.training.mfl_trainer import collaborative_space, train_mfl
@@ -100,7 +117,7 @@ def fit_mfl(params, paths: ProjectPaths, seed: int | None = None, on_metrics=Non
         on_metrics=on_metrics,
     )
 
-    return fusion_cfg, train_cfg, cfg_json, result, genres, genre_names
+    return FittedMFL(fusion_cfg, train_cfg, cfg_json, result, genres, genre_names, ckpt_dir)
 
 
 def run_train_mfl(params, paths: ProjectPaths, on_metrics: MetricsCallback | None = None):
@@ -113,10 +130,10 @@ def _train_mfl(params, paths: ProjectPaths, on_metrics: MetricsCallback | None =
     from mufasa.pipeline.stages import StageResult
     from mufasa.training.diagnostics import plot_fused_projection, plot_training_curves
 
-    items = pd.read_parquet(paths.raw_items)
     fused_path = paths.fused_items
     model_dir = paths.mfl_model_dir
     if not params.train_mfl.enabled:
+        items = pd.read_parquet(paths.raw_items, columns=["item_id"])
         if not distributed.is_main():  # under torchrun: one writer
             return StageResult("train_mfl", {}, info={"rank": distributed.rank()})
         # MFL off (ablation / ID-only SAL): zero-width fused vectors keep every output and DVC stage in place.
@@ -127,8 +144,8 @@ def _train_mfl(params, paths: ProjectPaths, on_metrics: MetricsCallback | None =
         write_json({"enabled": 0.0}, paths.metrics_dir / "mfl.json")
         return StageResult("train_mfl", {"fused": fused_path, "config": model_dir / "config.json"}, {}, {"enabled": False})
 
-    fusion_cfg, train_cfg, cfg_json, result, genres, genre_names = fit_mfl(params, paths, on_metrics=on_metrics)
-    ckpt_dir = paths.checkpoint_dir("train_mfl", _inputs_hash(paths, cfg_json))
+    fitted = fit_mfl(params, paths, on_metrics=on_metrics)
+    fusion_cfg, train_cfg, result = fitted.fusion_cfg, fitted.train_cfg, fitted.result
 
     if not distributed.is_main():  # DDP: rank 0 writes the outputs
         return StageResult("train_mfl", {}, info={"rank": distributed.rank()})
@@ -137,14 +154,14 @@ def _train_mfl(params, paths: ProjectPaths, on_metrics: MetricsCallback | None =
         tmp.mkdir()
         state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
         torch.save(state, tmp / "model.pt")
-        (tmp / "config.json").write_text(cfg_json + "\n")
+        (tmp / "config.json").write_text(fitted.cfg_json + "\n")
     reports = paths.reports_dir / "mfl"
     reports.mkdir(parents=True, exist_ok=True)
     curves = plot_training_curves(result.history, reports / "curves.png")
-    projection = plot_fused_projection(result.fused, genres, genre_names, reports / "projection.png")
+    projection = plot_fused_projection(result.fused, fitted.genres, fitted.genre_names, reports / "projection.png")
     diagnostics = {k: float(v) for k, v in result.diagnostics.items()}
     write_json(diagnostics, paths.metrics_dir / "mfl.json")
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    shutil.rmtree(fitted.checkpoint_dir, ignore_errors=True)
 
     metrics = {**{f"diag_{k}": v for k, v in diagnostics.items()}, "epochs_run": float(result.epochs_run)}
     if result.history:
@@ -154,7 +171,7 @@ def _train_mfl(params, paths: ProjectPaths, on_metrics: MetricsCallback | None =
         "resumed_from": result.resumed_from,
         "device": str(next(result.model.parameters()).device),
         "hashes": {"fused": tree_md5(fused_path)},
-        "genres": genre_names,
+        "genres": fitted.genre_names,
     }
     return StageResult(
         "train_mfl",

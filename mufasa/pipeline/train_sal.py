@@ -34,15 +34,11 @@ class SALInputs:
     valid_targets: np.ndarray  # (U_train,) validation target index per training user, 0 = none
 
 
-def fused_path(paths: ProjectPaths) -> Path:
-    return paths.fused_items
-
-
 def load_inputs(paths: ProjectPaths) -> SALInputs:
     data = load_eval_data(paths.sequences_dir, paths.raw_items)
-    fused = np.load(fused_path(paths), allow_pickle=False) if fused_path(paths).is_file() else None
+    fused = np.load(paths.fused_items, allow_pickle=False) if paths.fused_items.is_file() else None
     if fused is not None and fused.shape[0] != data.n_items:
-        raise ValueError(f"{fused_path(paths)} has {fused.shape[0]} rows for {data.n_items} items: rerun train_mfl")
+        raise ValueError(f"{paths.fused_items} has {fused.shape[0]} rows for {data.n_items} items: rerun train_mfl")
     if fused is not None and fused.shape[1] == 0:
         fused = None
     row_of = pd.Series(np.arange(len(data.train)), index=data.train.user_ids)
@@ -119,9 +115,6 @@ def load_model(folder: Path, fused: np.ndarray | None, device: str = "cpu"):
     cfg = json.loads((Path(folder) / "config.json").read_text())
     # models saved before selection groups existed selected per query block: keep their behaviour
     cfg["model"].setdefault("select_group", 1)
-    # models saved before attention dropout was wired trained without it (it never reached the attention)
-    cfg["model"].setdefault("attn_dropout", 0.0)
-    cfg["model"].setdefault("fused_in_output", True)
     model_cfg = SALConfig(**cfg["model"])
     feats = None
     if model_cfg.item_feature_dim > 0:

@@ -99,7 +99,7 @@ def _objective(params, paths: ProjectPaths, inputs, tracker, search_key: str):
             if any(k.startswith("mfl.") for k in values) and params.train_mfl.enabled:
                 from mufasa.pipeline.train_mfl import fit_mfl
 
-                fused = fit_mfl(trial_params, paths, checkpoint=False)[3].fused.astype("float32")
+                fused = fit_mfl(trial_params, paths, checkpoint=False).result.fused.astype("float32")
                 trial_inputs = dataclasses.replace(inputs, fused=fused)
             _, _, result = train_variant(
                 trial_params,
