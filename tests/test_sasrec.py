@@ -97,6 +97,60 @@ def test_training_windows_train_every_target_exactly_once():
     ].tolist()  # short histories stay whole
 
 
+@pytest.mark.parametrize("stride", [1, 3, 8])
+def test_strided_windows_train_every_target_once_with_the_promised_context(stride):
+    lengths = np.array([1, 2, 5, 9, 10, 23, 41])
+    offsets = np.r_[0, np.cumsum(lengths)]
+    events = np.arange(1, offsets[-1] + 1)  # item = event id + 1, so each target names its own event
+    max_len = 8
+    windows, skip = training_windows((offsets, events, events * 7), max_len, stride, with_skip=True)
+    batch = pad_sequences(*windows, np.arange(len(windows[0]) - 1), max_len, with_targets=True, skip=skip)
+    has = batch.targets > 0
+    target_event = batch.targets[has].numpy() - 1
+    firsts = offsets[:-1]
+    assert sorted(target_event.tolist()) == np.setdiff1d(np.arange(offsets[-1]), firsts).tolist()
+    # context = inputs the target's position sees; the reference (one example per prefix) sees min(t, max_len)
+    context = torch.cumsum((batch.items > 0).long(), dim=1)[has].numpy()
+    user = np.searchsorted(offsets, target_event, side="right") - 1
+    full = np.minimum(target_event - offsets[user], max_len)
+    assert (context >= np.minimum(full, max_len - stride + 1)).all()
+    assert (context <= full).all()
+    if stride == 1:
+        assert (context == full).all()
+    with pytest.raises(ValueError, match="stride"):
+        training_windows((offsets, events, events), max_len, max_len + 1)
+
+
+@pytest.mark.parametrize("weighting", ["target", "batch"])
+def test_target_weighting_gives_every_target_the_same_weight_over_an_epoch(monkeypatch, weighting):
+    # Histories of very different lengths land in different batches. Optimizer steps are recorded, not taken, so
+    # the weights stay put: with "target" weighting the epoch's summed gradient is n_batches x the gradient of the
+    # mean loss over all targets (each target weighs the same, as in the reference's batches of random prefixes).
+    rng = np.random.default_rng(1)
+    lengths = np.array([3, 3, 3, 3, 40, 40, 40, 40])
+    offsets = np.r_[0, np.cumsum(lengths)]
+    items = rng.integers(1, 30, offsets[-1])
+    cfg = SASRecConfig(n_items=30, d_model=16, max_len=64, dropout=0.0, attn_dropout=0.0)
+    train = SALTrainConfig(epochs=1, batch_size=4, weight_decay=0.0, grad_clip=None, progress=False, device="cpu",
+                           loss_weighting=weighting)
+    grads = []
+
+    def record(self, closure=None):
+        grads.append(torch.cat([p.grad.flatten() for g in self.param_groups for p in g["params"]]).clone())
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", record)
+    result = train_sal(cfg, train, (offsets, items, np.zeros_like(items)), np.zeros(len(lengths), dtype=np.int64))
+    assert len(grads) == 2
+    model = result.model.train()
+    batch = pad_sequences(offsets, items, np.zeros_like(items), np.arange(len(lengths)), 64, with_targets=True)
+    model.zero_grad()
+    model.calculate_loss(batch.items, batch.timestamps, batch.targets).backward()
+    params = [p for p in model.parameters() if p.ndim >= 2] + [p for p in model.parameters() if p.ndim < 2]
+    want = 2 * torch.cat([p.grad.flatten() for p in params])
+    same = torch.allclose(grads[0] + grads[1], want, atol=1e-6, rtol=1e-4)
+    assert same == (weighting == "target")
+
+
 def test_sasrec_learns_a_deterministic_successor():
     # every user walks the same cycle 1 -> 2 -> ... -> 12 -> 1 from a random start: the next item is a function of
     # the current one, which a trained SASRec must put first

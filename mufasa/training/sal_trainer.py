@@ -88,6 +88,15 @@ class SALTrainConfig:
     # Left-truncation length; None = the model's max_len (must not exceed it).
     max_len: int | None = None
     progress: bool = True  # tqdm bar (stderr) with the live loss
+    # How targets are weighted. "target": every target weighs the same over an epoch (a batch's summed loss over
+    # the epoch's mean targets per batch), as the reference's batches of random prefixes weigh them.
+    # "batch": the mean over each batch's targets, so a target in a batch of short histories weighs more.
+    loss_weighting: str = "batch"
+    # Long histories: windows of max_len + 1 events every window_stride events, each training its newest
+    # window_stride targets (see training_windows). None = max_len (no overlap); 1 = one example per prefix.
+    window_stride: int | None = None
+    # "bucketed": users sorted by length inside chunks (little padding); "random": plain shuffled batches.
+    batching: str = "bucketed"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.eval_every < 1:
@@ -96,6 +105,12 @@ class SALTrainConfig:
             raise ValueError("need lr > 0, weight_decay >= 0, grad_clip > 0 (or None)")
         if self.max_len is not None and self.max_len < 1:
             raise ValueError("max_len must be >= 1 (or None)")
+        if self.window_stride is not None and self.window_stride < 1:
+            raise ValueError("window_stride must be >= 1 (or None)")
+        if self.loss_weighting not in ("batch", "target"):
+            raise ValueError(f"loss_weighting must be 'batch' or 'target', got {self.loss_weighting!r}")
+        if self.batching not in ("bucketed", "random"):
+            raise ValueError(f"batching must be 'bucketed' or 'random', got {self.batching!r}")
 
 
 @dataclass
@@ -130,11 +145,14 @@ def pad_sequences(
     rows: np.ndarray,
     max_len: int,
     with_targets: bool,
+    skip: np.ndarray | None = None,
 ) -> SequenceBatch:
     """Left-padded batch of users ``rows``.
 
     with_targets=True (training): inputs are the user's events [:-1] and targets events [1:], both the last
     ``max_len``. with_targets=False (scoring): inputs are the last ``max_len`` events, no targets.
+    ``skip`` (one count per row of ``offsets``): that many of a row's oldest targets are left out (0 = none),
+    as :func:`training_windows` asks for overlapping windows.
     """
     rows = np.asarray(rows, dtype=np.int64)
     start, end = offsets[rows], offsets[rows + 1]
@@ -148,15 +166,22 @@ def pad_sequences(
     items = np.where(valid, items_index[safe], 0)
     ts = np.where(valid, timestamps[safe], 0)
     targets = np.where(valid, items_index[safe + 1], 0) if with_targets else None
+    if targets is not None and skip is not None:
+        targets = np.where(idx >= (end - n + np.asarray(skip, dtype=np.int64)[rows])[:, None], targets, 0)
     as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))  # noqa: E731
     return SequenceBatch(as_t(items), as_t(ts), None if targets is None else as_t(targets))
 
 
-def length_bucketed_batches(lengths: np.ndarray, batch_size: int, generator: torch.Generator) -> list[np.ndarray]:
-    """Positions 0..len(lengths)-1 as shuffled batches of similar lengths (seeded by ``generator``)."""
+def length_bucketed_batches(
+    lengths: np.ndarray, batch_size: int, generator: torch.Generator, bucket_batches: int = BUCKET_BATCHES
+) -> list[np.ndarray]:
+    """Positions 0..len(lengths)-1 as shuffled batches of similar lengths (seeded by ``generator``).
+
+    Lengths are sorted inside chunks of ``bucket_batches`` batches; 1 gives plain shuffled batches.
+    """
     n = len(lengths)
     perm = torch.randperm(n, generator=generator).numpy()
-    chunk = batch_size * BUCKET_BATCHES
+    chunk = batch_size * bucket_batches
     batches: list[np.ndarray] = []
     for lo in range(0, n, chunk):
         part = perm[lo : lo + chunk]
@@ -166,31 +191,46 @@ def length_bucketed_batches(lengths: np.ndarray, batch_size: int, generator: tor
     return [batches[i] for i in order]
 
 
-def training_windows(seqs: TrainSeqs, max_len: int) -> TrainSeqs:
+def training_windows(
+    seqs: TrainSeqs, max_len: int, stride: int | None = None, with_skip: bool = False
+) -> TrainSeqs | tuple[TrainSeqs, np.ndarray]:
     """Cut each history into windows of at most ``max_len + 1`` events so that every next-item target is trained.
 
-    A history of T events has T - 1 (input, target) pairs. The last window holds the newest ``max_len`` of them
-    (events [T - 1 - max_len, T)); each earlier window holds the ``max_len`` pairs before, overlapping the next
-    window by the one event that is both its last target and the next window's first input. Histories of at
-    most ``max_len + 1`` events stay whole, so short-history data train exactly as before. Positions restart
-    in each window, as in the reference SASRec's windows over the last ``max_len`` events.
+    A history of T events has T - 1 (input, target) pairs. The newest window holds events [T - 1 - max_len, T);
+    each older window ends ``stride`` events earlier (default ``stride = max_len``: windows overlap by one event,
+    the last target of one being the first input of the next). A window trains only its newest ``stride``
+    targets (the oldest window trains all of its own), so every target is trained exactly once, with at least
+    ``max_len - stride`` events of context. ``stride = 1`` is the reference's one example per prefix (every
+    target sees min(t, max_len) events); a smaller stride costs ~``max_len / stride`` times the tokens of long
+    histories. Histories of at most ``max_len + 1`` events stay whole. Positions restart in each window, as in
+    the reference SASRec's windows over the last ``max_len`` events.
+
+    ``with_skip``: also return ``skip`` (one per window), the count of oldest targets a window leaves to the
+    windows before it (``pad_sequences(..., skip=skip)``).
     """
+    stride = max_len if stride is None else stride
+    if not 1 <= stride <= max_len:
+        raise ValueError(f"stride must be in [1, max_len={max_len}], got {stride}")
     offsets, items_index, ts = (np.asarray(a, dtype=np.int64) for a in seqs)
     lengths = np.diff(offsets)
-    pairs = np.maximum(lengths - 1, 0)
-    n_windows = np.maximum(-(-pairs // max_len), 1)  # (U,)
+    extra = np.maximum(lengths - (max_len + 1), 0)  # events beyond the newest full window
+    n_windows = 1 + (-(-extra // stride))  # (U,)
     if int(n_windows.max(initial=1)) == 1:
-        return offsets, items_index, ts
+        out = (offsets, items_index, ts)
+        return (out, np.zeros(len(lengths), dtype=np.int64)) if with_skip else out
     user = np.repeat(np.arange(len(lengths)), n_windows)
-    # k = 0 for each user's newest window, 1 for the one before, ...: window k ends at event T - k * max_len
+    # k = 0 for each user's newest window, 1 for the one before, ...: window k ends at event T - k * stride
     k = np.arange(len(user)) - np.repeat(np.cumsum(n_windows) - n_windows, n_windows)
     k = (n_windows[user] - 1) - k  # oldest window first, so a user's windows stay in time order
-    end = offsets[user + 1] - k * max_len
+    end = offsets[user + 1] - k * stride
     start = np.maximum(end - max_len - 1, offsets[user])
     win_len = end - start
+    oldest = k == n_windows[user] - 1
+    skip = np.where(oldest, 0, win_len - 1 - stride)
     new_offsets = np.r_[0, np.cumsum(win_len)].astype(np.int64)
     take = np.repeat(start - new_offsets[:-1], win_len) + np.arange(new_offsets[-1], dtype=np.int64)
-    return new_offsets, items_index[take], ts[take]
+    out = (new_offsets, items_index[take], ts[take])
+    return (out, skip.astype(np.int64)) if with_skip else out
 
 
 def extend_sequences(seqs: TrainSeqs, items: np.ndarray, timestamps: np.ndarray) -> TrainSeqs:
@@ -351,8 +391,11 @@ def train_sal(
     stopper = EarlyStopping(patience=train_cfg.patience, mode="max")
 
     # Every target is trained: a history longer than max_len + 1 becomes several windows (see training_windows).
-    windows = training_windows(seqs, max_len)
+    if train_cfg.window_stride is not None and train_cfg.window_stride > max_len:
+        raise ValueError(f"window_stride {train_cfg.window_stride} exceeds max_len {max_len}")
+    windows, skip = training_windows(seqs, max_len, train_cfg.window_stride, with_skip=True)
     lengths = np.diff(windows[0])
+    n_targets = np.minimum(lengths - 1, max_len) - skip  # trained targets per window
     train_users = np.flatnonzero(lengths >= 2)  # one input and one target at least
     if len(train_users) == 0:
         raise ValueError("no user has the 2 events a next-item example needs")
@@ -383,6 +426,9 @@ def train_sal(
     net = distributed.data_parallel(model, type(model).calculate_loss, device) if world > 1 else None
 
     n_batches = -(-len(train_users) // train_cfg.batch_size)
+    bucket_batches = BUCKET_BATCHES if train_cfg.batching == "bucketed" else 1
+    # "target" weighting: a batch's loss is its summed loss over the epoch's mean targets per batch
+    mean_targets = float(n_targets[train_users].sum()) / n_batches
     total = max(train_cfg.epochs - start_epoch, 0) * n_batches
     bar = tqdm(total=total, desc="SAL", disable=not (train_cfg.progress and main), leave=False, dynamic_ncols=True)
     epoch = start_epoch
@@ -392,21 +438,26 @@ def train_sal(
             model.train()
             distributed.seed_rank(train_cfg.seed, epoch)
             loss_sum, weight_sum = 0.0, 0
-            for batch_pos in length_bucketed_batches(lengths[train_users], train_cfg.batch_size, generator):
+            batches = length_bucketed_batches(lengths[train_users], train_cfg.batch_size, generator, bucket_batches)
+            for batch_pos in batches:
                 rows = train_users[batch_pos]
                 if net is None:
-                    batch = pad_sequences(*windows, rows, max_len, with_targets=True).to(device)
+                    batch = pad_sequences(*windows, rows, max_len, with_targets=True, skip=skip).to(device)
                     with autocast(device):
                         loss = model.calculate_loss(batch.items, batch.timestamps, batch.targets)
-                    scaled = loss
                     n_pos = int((batch.targets > 0).sum())
+                    scaled = loss * (n_pos / mean_targets) if train_cfg.loss_weighting == "target" else loss
                 else:
                     mine = distributed.shard(rows)  # an empty shard runs one row at weight 0 (DDP needs a backward)
-                    batch = pad_sequences(*windows, mine if len(mine) else rows[:1], max_len, with_targets=True).to(device)
+                    batch = pad_sequences(
+                        *windows, mine if len(mine) else rows[:1], max_len, with_targets=True, skip=skip
+                    ).to(device)
                     with autocast(device):
                         loss = net(batch.items, batch.timestamps, batch.targets)
                     n_pos = int((batch.targets > 0).sum()) if len(mine) else 0
-                    n_batch = int(np.minimum(lengths[rows] - 1, max_len).sum())  # target positions of the global batch
+                    n_batch = int(n_targets[rows].sum())  # target positions of the global batch
+                    if train_cfg.loss_weighting == "target":
+                        n_batch = mean_targets
                     scaled = loss * (world * n_pos / n_batch)  # DDP averages over ranks: this sums to the global mean
                 opt.zero_grad(set_to_none=True)
                 scaled.backward()
