@@ -28,6 +28,7 @@ from mufasa.models.mfl_losses import (
     uniformity_loss,
     variance_covariance_loss,
 )
+from mufasa.training.common import CheckpointWarning
 from mufasa.training.diagnostics import (
     alignment,
     effective_rank,
@@ -470,8 +471,9 @@ def test_resume_from_checkpoint_continues_the_same_curve(tiny, tmp_path, device)
     again = _run(tiny, 4, tmp_path / "resumed", device=device)
     assert again.resumed_from == 4 and again.epochs_run == 4
     np.testing.assert_allclose(again.fused, resumed.fused if device == "cuda" else full.fused, atol=1e-5)
-    with pytest.raises(ValueError, match="different MFL configuration"):
-        _run(tiny, 4, tmp_path / "resumed", lr=5e-4, device=device)
+    with pytest.warns(CheckpointWarning, match="different configuration or dataset"):
+        other = _run(tiny, 4, tmp_path / "resumed", lr=5e-4, device=device)
+    assert other.resumed_from is None and len(list((tmp_path / "resumed").glob("last.pt.stale-*"))) == 1
 
 
 @pytest.mark.parametrize("device", DEVICES)

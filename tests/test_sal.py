@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from mufasa.evaluation.metrics import metrics_from_ranks, target_ranks
 from mufasa.models.sal import SALConfig, SALModel, time_gap_buckets
-from mufasa.training.common import autocast
+from mufasa.training.common import CheckpointWarning, autocast
 from mufasa.training.sal_trainer import (
     SALTrainConfig,
     evaluate_next_item,
@@ -339,9 +339,10 @@ def test_resumed_run_continues_the_same_curve(tmp_path, device):
         assert curve(resumed) == curve(uninterrupted)
         for (name, a), b in zip(uninterrupted.model.state_dict().items(), resumed.model.state_dict().values()):
             torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
-    # a different configuration must not silently resume from this checkpoint
-    with pytest.raises(ValueError, match="different SAL configuration"):
-        train_sal(replace(cfg, top_k=3), train_cfg, seqs, targets, checkpoint_dir=tmp_path)
+    # a different configuration must not silently resume from this checkpoint: it is set aside, training starts over
+    with pytest.warns(CheckpointWarning, match="different configuration or dataset"):
+        other = train_sal(replace(cfg, top_k=3), train_cfg, seqs, targets, checkpoint_dir=tmp_path)
+    assert other.resumed_from is None and len(list(tmp_path.glob("last.pt.stale-*"))) == 1
 
 
 @pytest.mark.parametrize("device", DEVICES)

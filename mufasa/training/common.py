@@ -2,15 +2,22 @@
 stopping, and the metrics callback through which trackers (MLflow, Dagster) listen.
 
 Checkpoints hold only state dicts, tensors and plain Python values, saved with ``torch.save`` and loaded with
-``weights_only=True`` (no pickled code is ever executed on load). They are written to a temp file and renamed,
-so a run killed mid-save leaves the previous checkpoint intact.
+``weights_only=True`` (no pickled code is ever executed on load, and a file that needs more is never loaded).
+They are written to a temp file and renamed, so a run killed mid-save leaves the previous checkpoint intact.
+
+A checkpoint that cannot be resumed (unreadable, truncated, or written by another configuration or dataset: its
+fingerprint differs) is moved aside beside itself, ``last.pt.corrupt-<UTC time>`` or ``last.pt.stale-<UTC time>``,
+kept for inspection, and training starts fresh with a warning that names both files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import random
+import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +29,7 @@ import torch
 from mufasa.encoders.device import resolve_device
 
 __all__ = [
+    "CheckpointWarning",
     "Checkpointer",
     "EarlyStopping",
     "MetricsCallback",
@@ -75,6 +83,10 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = Non
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+class CheckpointWarning(UserWarning):
+    """A checkpoint could not be resumed and was moved aside."""
+
+
 class Checkpointer:
     """``last.pt`` in ``folder``: save atomically, load with ``weights_only=True``, or None when absent."""
 
@@ -89,10 +101,51 @@ class Checkpointer:
         os.replace(tmp, self.path)
         return self.path
 
-    def load(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+    def load(self, map_location: str | torch.device = "cpu", fingerprint: str | None = None) -> dict[str, Any] | None:
+        """The saved state, or None when there is none to resume.
+
+        Never unpickles code (``weights_only=True``). An unreadable file, one that is not a checkpoint of this
+        trainer, or one whose ``"fingerprint"`` differs from ``fingerprint`` is moved aside (see the module
+        docstring) and None is returned, so the caller starts fresh.
+        """
         if not self.path.is_file():
             return None
-        return torch.load(self.path, map_location=map_location, weights_only=True)
+        try:
+            state = torch.load(self.path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError:  # weights_only refused an object: loading it anyway could run code
+            self._set_aside("corrupt", "holds objects other than tensors and plain values (refused: loading it "
+                            "could run code)")
+            return None
+        except Exception as exc:  # truncated zip, bad magic, I/O error: all mean "cannot resume"
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            self._set_aside("corrupt", f"cannot be read ({type(exc).__name__}: {first[:160]})")
+            return None
+        if not isinstance(state, dict) or (fingerprint is not None and "fingerprint" not in state):
+            self._set_aside("corrupt", "is not a checkpoint written by this trainer")
+            return None
+        if fingerprint is not None and state["fingerprint"] != fingerprint:
+            self._set_aside("stale", "was written by a different configuration or dataset")
+            return None
+        return state
+
+    def _set_aside(self, kind: str, why: str) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.{kind}-{stamp}")
+        n = 1
+        while aside.exists():
+            aside = self.path.with_name(f"{self.path.name}.{kind}-{stamp}-{n}")
+            n += 1
+        try:
+            os.replace(self.path, aside)
+        except FileNotFoundError:  # another DDP rank set it aside first
+            pass
+        warnings.warn(
+            f"checkpoint {self.path} {why}; moved aside to {aside.name} (kept for inspection) and training starts "
+            "fresh",
+            CheckpointWarning,
+            stacklevel=3,
+        )
+        return aside
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -28,6 +28,7 @@ Validation runs on rank 0 and is broadcast; checkpoints, callbacks and the progr
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -297,12 +298,23 @@ def encode_items(
     return torch.cat(parts) if parts else torch.empty(0, model.config.out_dim, device=device)
 
 
-def _fingerprint(fusion_cfg: FusionConfig, train_cfg: MFLTrainConfig, n_items: int) -> str:
-    """What must match for a checkpoint to be resumable (epochs, patience, device and progress may change)."""
+def _fingerprint(fusion_cfg: FusionConfig, train_cfg: MFLTrainConfig, n_items: int, arrays=()) -> str:
+    """What must match for a checkpoint to be resumable (epochs, patience, device and progress may change):
+    the configuration and the input arrays (so a checkpoint of another dataset is not resumed)."""
     t = asdict(train_cfg)
     for key in ("epochs", "patience", "device", "progress"):
         t.pop(key)
-    return json.dumps({"fusion": asdict(fusion_cfg), "train": t, "n_items": n_items}, sort_keys=True)
+    digest = hashlib.sha256()
+    for arr in arrays:
+        if arr is None:
+            digest.update(b"none")
+            continue
+        a = np.ascontiguousarray(arr)
+        digest.update(f"{a.dtype.str}{a.shape}".encode())
+        digest.update(a.tobytes())
+    return json.dumps(
+        {"fusion": asdict(fusion_cfg), "train": t, "n_items": n_items, "data": digest.hexdigest()}, sort_keys=True
+    )
 
 
 def train_mfl(
@@ -424,17 +436,14 @@ def train_mfl(
         return row
 
     ckpt = Checkpointer(Path(checkpoint_dir)) if checkpoint_dir is not None else None
-    fingerprint = _fingerprint(fusion_cfg, train_cfg, n)
+    fingerprint = _fingerprint(
+        fusion_cfg, train_cfg, n, (text, image, image_mask, side, collab, collab_mask, genres)
+    )
     history: list[dict[str, float]] = []
     best_state = copy.deepcopy(model.state_dict())
     start_epoch, resumed_from = 0, None
-    state = ckpt.load(map_location=device) if ckpt else None
+    state = ckpt.load(map_location=device, fingerprint=fingerprint) if ckpt else None
     if state is not None:
-        if state["fingerprint"] != fingerprint:
-            raise ValueError(
-                f"{ckpt.path} was written by a different MFL configuration or catalogue; "
-                f"use a fresh checkpoint_dir (or delete it) to start over"
-            )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         stopper.load_state_dict(state["early_stopping"])

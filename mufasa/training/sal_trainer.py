@@ -406,13 +406,8 @@ def train_sal(
     history: list[dict[str, float]] = []
     best_state: dict[str, Any] = copy.deepcopy(model.state_dict())
     start_epoch, resumed_from = 0, None
-    state = ckpt.load(map_location=device) if ckpt else None
+    state = ckpt.load(map_location=device, fingerprint=fingerprint) if ckpt else None
     if state is not None:
-        if state["fingerprint"] != fingerprint:
-            raise ValueError(
-                f"{ckpt.path} was written by a different SAL configuration or data; "
-                "use a fresh checkpoint_dir (or delete it) to start over"
-            )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         stopper.load_state_dict(state["early_stopping"])
