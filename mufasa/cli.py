@@ -42,6 +42,7 @@ def stage(
     track: bool = typer.Option(True, help="Log the stage to MLflow (MLFLOW_TRACKING_URI or ./mlflow)."),
 ) -> None:
     """Run one pipeline stage with its params; exit 2 with file/column/row details on bad data."""
+    from mufasa.data.io import CorruptInputError
     from mufasa.data.schema import DataValidationError
     from mufasa.pipeline.params import ParamsError, load_params
     from mufasa.pipeline.paths import ProjectPaths, find_project_root
@@ -72,6 +73,11 @@ def stage(
             tracker.log_stage_result(run, result)
     except (DataValidationError, FileNotFoundError) as exc:
         typer.secho(f"error: stage '{name.value}' rejected its input; nothing was written.\n{exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    except CorruptInputError as exc:
+        typer.secho(
+            f"error: stage '{name.value}' cannot read its input; nothing was written.\n{exc}", fg="red", err=True
+        )
         raise typer.Exit(2) from exc
     except ProjectLocked as exc:
         typer.secho(f"error: stage '{name.value}' not started: {exc}", fg="red", err=True)

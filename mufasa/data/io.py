@@ -10,16 +10,111 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+
+# Which stage writes what (by path parts under the project root): named in every "cannot read" error.
+PRODUCERS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("data", "raw"), "ingest"),
+    (("data", "sequences"), "sequences"),
+    (("data", "features"), "features"),
+    (("data", "fused"), "train_mfl"),
+    (("models", "mfl"), "train_mfl"),
+    (("models", "sal"), "train_sal"),
+    (("metrics", "eval.json"), "evaluate"),
+    (("metrics", "gate.json"), "gate"),
+)
+
+
+def producer_of(path: Path) -> str | None:
+    """The pipeline stage that writes ``path`` (None when it is not a stage output)."""
+    parts = Path(path).parts
+    for key, stage in PRODUCERS:
+        n = len(key)
+        if any(parts[i : i + n] == key for i in range(len(parts) - n + 1)):
+            return stage
+    return None
+
+
+class CorruptInputError(ValueError):
+    """A stage input that exists but cannot be read: truncated, damaged, or not the expected format.
+
+    The message names the file, what is wrong and how to recover (the stage that rewrites it).
+    """
+
+    def __init__(self, path: Path, problem: str):
+        self.path, self.problem, self.stage = Path(path), problem, producer_of(path)
+        how = (
+            f"rerun `mufasa stage {self.stage}` (or `dvc repro`), which rewrites it"
+            if self.stage
+            else "restore or recreate the file"
+        )
+        super().__init__(f"{self.path}: {problem}. To recover: {how}.")
+
+
+_READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, pickle.UnpicklingError, RuntimeError)
+
+
+@contextmanager
+def reading(path: Path) -> Iterator[Path]:
+    """Turn any failure to read ``path`` into a :class:`CorruptInputError` naming it (a missing file stays a
+    ``FileNotFoundError``). pyarrow's ArrowInvalid/ArrowIOError are ValueError/OSError subclasses."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found"
+            + (f": run the {producer_of(path)} stage first (or `dvc repro`)" if producer_of(path) else "")
+        )
+    try:
+        yield path
+    except CorruptInputError:
+        raise
+    except _READ_ERRORS as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise CorruptInputError(path, f"cannot be read ({type(exc).__name__}: {first[:200]})") from exc
+
+
+def read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """``pd.read_parquet`` that names the file when it is truncated or not Parquet (:func:`reading`)."""
+    with reading(path):
+        return pd.read_parquet(path, columns=columns)
+
+
+def read_table(path: Path) -> pa.Table:
+    with reading(path):
+        return pq.read_table(path)
+
+
+def load_npy(path: Path) -> Any:
+    """``np.load`` (no pickles) that names the file when it is truncated or not a NumPy array."""
+    with reading(path):
+        return np.load(path, allow_pickle=False)
+
+
+def read_json(path: Path) -> Any:
+    """JSON of ``path``; a truncated or invalid file names itself (:func:`reading`)."""
+    with reading(path):
+        return json.loads(Path(path).read_text())
+
+
+def load_tensors(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` (never unpickles code) that names the file when it cannot be read."""
+    import torch
+
+    with reading(path):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @contextmanager
@@ -100,9 +195,15 @@ def iter_parquet_frames(path: Path, rows: int, columns: list[str] | None = None)
     Memory stays bounded by the batch whatever the file size; dtypes are those of ``pd.read_parquet``.
     An empty file yields one empty frame with the file's columns.
     """
-    pf = pq.ParquetFile(path)
+    with reading(path):
+        pf = pq.ParquetFile(path)
     start = 0
-    for batch in pf.iter_batches(batch_size=rows, columns=columns):
+    batches = pf.iter_batches(batch_size=rows, columns=columns)
+    while True:
+        with reading(path):  # a file truncated mid-way fails here, on the first damaged row group
+            batch = next(batches, None)
+        if batch is None:
+            break
         frame = batch.to_pandas()
         frame.index = pd.RangeIndex(start, start + len(frame))
         start += len(frame)

@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mufasa.data.io import atomic_path
+from mufasa.data.io import atomic_path, read_parquet, read_table
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ def write_split(split: SequenceSplit, out_dir: Path) -> dict[str, Path]:
 
 def read_train_sequences(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Read ``train.parquet`` as flat arrays: (user_ids, offsets, item_ids, timestamps), no per-user objects."""
-    table = pq.read_table(path)
+    table = read_table(path)
     items_col = table.column("item_ids").combine_chunks()
     ts_col = table.column("timestamps").combine_chunks()
     offsets = np.asarray(items_col.offsets, dtype=np.int64)
@@ -191,8 +191,8 @@ def read_split(folder: Path) -> SequenceSplit:
     )
     return SequenceSplit(
         train=train,
-        valid=pd.read_parquet(folder / "valid.parquet"),
-        test=pd.read_parquet(folder / "test.parquet"),
+        valid=read_parquet(folder / "valid.parquet"),
+        test=read_parquet(folder / "test.parquet"),
         train_users=np.repeat(user_ids, np.diff(offsets)),
         train_offsets=offsets,
         train_items=items,

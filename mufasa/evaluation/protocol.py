@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mufasa.data.io import read_parquet
 from mufasa.data.sequences import read_split
 from mufasa.data.vocab import ItemVocab
 from mufasa.evaluation.metrics import DEFAULT_KS, metrics_from_ranks, target_ranks
@@ -80,7 +81,7 @@ class EvalData:
 
 def load_eval_data(sequences_dir: Path, items_path: Path) -> EvalData:
     """Build histories and targets for validation and test from ``data/sequences`` and ``data/raw/items``."""
-    items = pd.read_parquet(items_path, columns=["item_id"])
+    items = read_parquet(items_path, columns=["item_id"])
     vocab = ItemVocab(items["item_id"].to_numpy())
     split = read_split(sequences_dir)
     train = Histories(

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from mufasa.config import FeaturesConfig
-from mufasa.data.io import atomic_path, tree_md5, write_json, write_parquet
+from mufasa.data.io import atomic_path, load_npy, read_json, read_parquet, tree_md5, write_json, write_parquet
 from mufasa.data.readers import TableSource
 from mufasa.pipeline import validation
 from mufasa.pipeline.paths import ProjectPaths
@@ -85,25 +85,21 @@ def feature_summary(
 
 def read_features(folder: Path) -> dict[str, object]:
     """Load the features written by :func:`extract_features` (arrays, index and meta)."""
-    import json
-
     folder = Path(folder)
     missing = [f for f in FEATURE_FILES if not (folder / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{folder}: missing {missing}; run the features stage first")
     return {
-        "text": np.load(folder / "text.npy", allow_pickle=False),
-        "image": np.load(folder / "image.npy", allow_pickle=False),
-        "side": np.load(folder / "side.npy", allow_pickle=False),
-        "index": pd.read_parquet(folder / "index.parquet"),
-        "meta": json.loads((folder / "meta.json").read_text()),
+        "text": load_npy(folder / "text.npy"),
+        "image": load_npy(folder / "image.npy"),
+        "side": load_npy(folder / "side.npy"),
+        "index": read_parquet(folder / "index.parquet"),
+        "meta": read_json(folder / "meta.json"),
     }
 
 
 def extract_features(cfg: FeaturesConfig, paths: ProjectPaths):
     """Encode every item's title, image and side information; validate; write ``data/features/``."""
-    import json
-
     from mufasa.encoders import (
         entity_features,
         genre_multi_hot,
@@ -113,9 +109,9 @@ def extract_features(cfg: FeaturesConfig, paths: ProjectPaths):
     )
     from mufasa.pipeline.stages import StageResult
 
-    items = pd.read_parquet(paths.raw_items)
-    entities = pd.read_parquet(paths.raw_entities) if paths.raw_entities.is_file() else None
-    manifest = json.loads(paths.raw_manifest.read_text()) if paths.raw_manifest.is_file() else {}
+    items = read_parquet(paths.raw_items)
+    entities = read_parquet(paths.raw_entities) if paths.raw_entities.is_file() else None
+    manifest = read_json(paths.raw_manifest) if paths.raw_manifest.is_file() else {}
     device = resolve_device(cfg.device)
     item_ids = items["item_id"].to_numpy(dtype=np.int64)
     timings: dict[str, float] = {}

@@ -11,9 +11,8 @@ exits 3, the Dagster ``promotion_gate`` check fails.
 from __future__ import annotations
 
 import dataclasses
-import json
 
-from mufasa.data.io import write_json
+from mufasa.data.io import read_json, write_json
 from mufasa.evaluation.gate import decide
 from mufasa.evaluation.protocol import evaluate
 from mufasa.pipeline.paths import ProjectPaths
@@ -43,7 +42,7 @@ def run_gate(params, paths: ProjectPaths, stage_run):
     eval_path = paths.metrics_dir / "eval.json"
     if not eval_path.is_file():
         raise FileNotFoundError(f"{eval_path} not found: run the evaluate stage first")
-    results = json.loads(eval_path.read_text())["models"]
+    results = read_json(eval_path)["models"]
 
     inputs = load_inputs(paths)
     previous = registry.alias_version(uri, cfg.model_name, registry.CHAMPION)

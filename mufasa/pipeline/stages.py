@@ -20,7 +20,15 @@ import pandas as pd
 from mufasa.config import IngestConfig, SequencesConfig
 from mufasa.data import public
 from mufasa.data import sequences as seq
-from mufasa.data.io import atomic_path, iter_parquet_frames, tree_md5, write_json, write_parquet
+from mufasa.data.io import (
+    atomic_path,
+    iter_parquet_frames,
+    load_npy,
+    read_parquet,
+    tree_md5,
+    write_json,
+    write_parquet,
+)
 from mufasa.data.movielens import load_ml100k, load_ml100k_kg
 from mufasa.data.readers import TableSource, read_entities, read_interactions, read_items
 from data_checks import SuiteResult
@@ -225,7 +233,7 @@ def require_raw(paths: ProjectPaths) -> None:
 def read_raw(paths: ProjectPaths, columns: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The raw interactions (only ``columns``, if given) and items tables."""
     require_raw(paths)
-    return pd.read_parquet(paths.raw_interactions, columns=columns), pd.read_parquet(paths.raw_items)
+    return read_parquet(paths.raw_interactions, columns=columns), read_parquet(paths.raw_items)
 
 
 # ------------------------------------------------------------------------------------------------- validate
@@ -235,7 +243,7 @@ def check_raw(cfg: IngestConfig, paths: ProjectPaths) -> tuple[StageResult, dict
     """Run the items and interactions suites on the stored raw tables and write the report (never raises on
     a failed suite: callers decide; :func:`validate` raises, the Dagster checks report)."""
     require_raw(paths)
-    items = pd.read_parquet(paths.raw_items)
+    items = read_parquet(paths.raw_items)
     now = validation.now_unix(cfg.now)
     items_result = validation.check_items(items, now=now)
     # The interactions table is read and checked one batch at a time: memory stays bounded at any size.
@@ -314,7 +322,7 @@ def check_features(paths: ProjectPaths, min_image_coverage: float = 0.0) -> Suit
     summary = feature_summary(
         index["item_id"].to_numpy(), f["text"], f["image"], index["has_image"].to_numpy(), f["side"]
     )
-    n_items = len(pd.read_parquet(paths.raw_items, columns=["item_id"]))
+    n_items = len(read_parquet(paths.raw_items, columns=["item_id"]))
     return validation.check_features(summary, n_items=n_items, min_image_coverage=min_image_coverage)
 
 
@@ -328,10 +336,10 @@ def fused_space_health(paths: ProjectPaths) -> dict:
     """Effective rank and title-neighbour preservation of the stored fused vectors, with a pass/fail verdict."""
     from mufasa.training.diagnostics import effective_rank, knn_overlap
 
-    fused = np.load(paths.fused_items, allow_pickle=False)
+    fused = load_npy(paths.fused_items)
     if fused.shape[1] == 0:
         return {"passed": True, "reason": "MFL disabled (zero-width fused vectors)", "n_items": len(fused)}
-    text = np.load(paths.features_dir / "text.npy", allow_pickle=False)
+    text = load_npy(paths.features_dir / "text.npy")
     k = min(10, len(fused) - 1)
     chance = k / max(1, len(fused) - 1)
     rank = effective_rank(fused)

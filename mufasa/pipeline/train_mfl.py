@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mufasa.data.io import atomic_path, file_md5, tree_md5, write_json
+from mufasa.data.io import atomic_path, file_md5, read_parquet, tree_md5, write_json
 from mufasa.data.sequences import read_train_sequences
 from mufasa.data.vocab import ItemVocab
 from mufasa.pipeline.data_parallel import data_parallel_stage
@@ -74,7 +74,7 @@ def fit_mfl(params, paths: ProjectPaths, seed: int | None = None, on_metrics=Non
     from mufasa.pipeline.params import mfl_configs
     from mufasa.training.mfl_trainer import collaborative_space, train_mfl
 
-    items = pd.read_parquet(paths.raw_items)
+    items = read_parquet(paths.raw_items)
     feats = read_features(paths.features_dir)
     index = feats["index"]
     if not np.array_equal(index["item_id"].to_numpy(), items["item_id"].to_numpy()):
@@ -133,7 +133,7 @@ def _train_mfl(params, paths: ProjectPaths, on_metrics: MetricsCallback | None =
     fused_path = paths.fused_items
     model_dir = paths.mfl_model_dir
     if not params.train_mfl.enabled:
-        items = pd.read_parquet(paths.raw_items, columns=["item_id"])
+        items = read_parquet(paths.raw_items, columns=["item_id"])
         if not distributed.is_main():  # under torchrun: one writer
             return StageResult("train_mfl", {}, info={"rank": distributed.rank()})
         # MFL off (ablation / ID-only SAL): zero-width fused vectors keep every output and DVC stage in place.

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mufasa.data.io import atomic_path, tree_md5, write_json
+from mufasa.data.io import atomic_path, load_npy, load_tensors, read_json, tree_md5, write_json
 from mufasa.evaluation.protocol import EvalData, Histories, load_eval_data
 from mufasa.pipeline.paths import ProjectPaths
 from mufasa.training import distributed
@@ -36,7 +36,7 @@ class SALInputs:
 
 def load_inputs(paths: ProjectPaths) -> SALInputs:
     data = load_eval_data(paths.sequences_dir, paths.raw_items)
-    fused = np.load(paths.fused_items, allow_pickle=False) if paths.fused_items.is_file() else None
+    fused = load_npy(paths.fused_items) if paths.fused_items.is_file() else None
     if fused is not None and fused.shape[0] != data.n_items:
         raise ValueError(f"{paths.fused_items} has {fused.shape[0]} rows for {data.n_items} items: rerun train_mfl")
     if fused is not None and fused.shape[1] == 0:
@@ -112,7 +112,7 @@ def load_model(folder: Path, fused: np.ndarray | None, device: str = "cpu"):
     """Rebuild a saved SAL model (state dict loaded with ``weights_only=True``)."""
     from mufasa.models.sal import SALConfig, SALModel
 
-    cfg = json.loads((Path(folder) / "config.json").read_text())
+    cfg = read_json(Path(folder) / "config.json")
     # models saved before selection groups existed selected per query block: keep their behaviour
     cfg["model"].setdefault("select_group", 1)
     model_cfg = SALConfig(**cfg["model"])
@@ -122,7 +122,7 @@ def load_model(folder: Path, fused: np.ndarray | None, device: str = "cpu"):
             raise ValueError(f"{folder} was trained with fused item vectors; none given")
         feats = torch.as_tensor(np.asarray(fused), dtype=torch.float32)
     model = SALModel(model_cfg, feats)
-    state = torch.load(Path(folder) / "model.pt", map_location="cpu", weights_only=True)
+    state = load_tensors(Path(folder) / "model.pt")
     model.load_state_dict(state)
     return model.to(device).eval()
 
