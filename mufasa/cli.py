@@ -48,7 +48,7 @@ def stage(
     from mufasa.pipeline.paths import ProjectPaths, find_project_root
     from mufasa.pipeline.lock import ProjectLocked, project_lock
     from mufasa.pipeline.stages import run_stage
-    from mufasa.pipeline.tracking import NullTracker, Tracker, new_pipeline_key
+    from mufasa.pipeline.tracking import NullTracker, Tracker, TrackingUnavailable, new_pipeline_key
 
     try:
         paths = ProjectPaths(root or find_project_root())
@@ -82,6 +82,18 @@ def stage(
     except ProjectLocked as exc:
         typer.secho(f"error: stage '{name.value}' not started: {exc}", fg="red", err=True)
         raise typer.Exit(4) from exc
+    except TrackingUnavailable as exc:
+        typer.secho(f"error: stage '{name.value}': {exc}", fg="red", err=True)
+        raise typer.Exit(5) from exc
+    if run.tracking_error:
+        written = ", ".join(str(p) for p in result.outputs.values()) or "none"
+        typer.secho(
+            f"error: stage '{name.value}' finished and its outputs are written and kept ({written}), but MLflow "
+            f"tracking failed: {run.tracking_error}. Rerun the stage once the tracking store is back to record it.",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(5)
     if name.value == "gate":
         info = result.info
         typer.echo(f"gate: {info['model']} version {info['version']} {info['decision']}")

@@ -187,6 +187,9 @@ class TrackingConfig:
     # Artifact folder for experiments created in a database store (sqlite/postgresql URI), relative to the project
     # root or absolute. None: beside a SQLite file, else mlflow/artifacts. A server keeps its own (--artifacts-*).
     artifact_root: str | None = None
+    # Seconds a stage keeps retrying an unreachable server or database (with backoff) before it fails with one
+    # clear message (exit 5). MUFASA_TRACKING_TIMEOUT, when set, wins over this value.
+    timeout_s: float = 30.0
 
 
 @dataclass(frozen=True, config=_STRICT)

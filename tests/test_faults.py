@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import socket
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import torch
 import yaml
 from typer.testing import CliRunner
@@ -158,3 +161,107 @@ def test_a_damaged_stage_input_is_named_with_its_recovery_and_nothing_is_written
     assert "cannot read its input; nothing was written" in result.output
     assert "Traceback" not in result.output
     assert _snapshot(root, target) == before  # no output rewritten, none added
+
+
+# ---- tracking and registry outages --------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("scheme", ["http", "postgresql"])
+def test_an_unreachable_tracking_store_fails_the_stage_at_once_with_one_message(built, tmp_path, monkeypatch, scheme):
+    root = tmp_path / "p"
+    shutil.copytree(built, root)
+    port = _free_port()  # nothing listens there
+    uri = {"http": f"http://127.0.0.1:{port}",
+           "postgresql": f"postgresql+psycopg2://mufasa:secret@127.0.0.1:{port}/mlflow"}[scheme]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MUFASA_TRACKING_TIMEOUT", "2")
+    before = _snapshot(root, root / "none")
+    result = runner.invoke(app, ["stage", "train_sal", "--root", str(root)])
+    assert result.exit_code == 5, result.output
+    assert "cannot be reached" in result.output and "attempt" in result.output and "limit 2 s" in result.output
+    assert "Traceback" not in result.output and "secret" not in result.output  # no password in the message
+    assert _snapshot(root, root / "none") == before  # the stage never started: nothing written
+
+
+def _outage(*args, **kwargs):
+    raise requests.ConnectionError("Failed to establish a new connection: [Errno 111] Connection refused")
+
+
+@pytest.fixture
+def evaluated(built, tmp_path):
+    root = tmp_path / "p"
+    shutil.copytree(built, root)
+    result = runner.invoke(app, ["stage", "evaluate", "--root", str(root), "--no-track"])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def _versions(root: Path) -> list:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    found = client.search_model_versions("name='mufasa-sal'")
+    return [client.get_model_version("mufasa-sal", v.version) for v in found]  # with their aliases
+
+
+@pytest.mark.parametrize("fail_at", ["register", "alias"])
+def test_a_gate_outage_leaves_the_registry_consistent_and_a_rerun_completes_it(evaluated, monkeypatch, fail_at):
+    from mlflow import MlflowClient
+
+    from mufasa.pipeline import registry
+
+    root = evaluated
+    if fail_at == "register":
+        monkeypatch.setattr(registry.mlflow, "register_model", _outage)
+    else:
+        monkeypatch.setattr(MlflowClient, "set_registered_model_alias", _outage)
+    result = runner.invoke(app, ["stage", "gate", "--root", str(root)])
+    assert result.exit_code == 5, result.output
+    assert "Traceback" not in result.output
+    versions = _versions(root)
+    if fail_at == "register":
+        assert "no version was created; champion unchanged" in result.output
+        assert versions == []
+    else:
+        assert "version 1 is registered with its decision" in result.output and "Rerun" in result.output
+        (v,) = versions
+        assert v.tags["gate.decision"] in ("promoted", "refused") and v.aliases == []  # tags, and no champion yet
+    assert not (root / "metrics" / "gate.json").exists()
+    monkeypatch.undo()
+    again = runner.invoke(app, ["stage", "gate", "--root", str(root)])
+    assert again.exit_code in (0, 3), again.output
+    (v,) = _versions(root)  # completed, not duplicated
+    gate = json.loads((root / "metrics" / "gate.json").read_text())
+    assert gate["version"] == str(v.version) == "1"
+    assert ("champion" in v.aliases) == gate["passed"] and "challenger" in v.aliases
+
+
+def test_a_tracking_failure_mid_training_keeps_the_outputs_and_says_so(built, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    root = tmp_path / "p"
+    shutil.copytree(built, root)
+    model = root / "models" / "sal" / "model.pt"
+    old = file_md5(model)
+    (root / "models" / "sal").joinpath("model.pt").write_bytes(b"stale")  # so a rewrite is visible
+    real, calls = MlflowClient.log_batch, []
+
+    def flaky(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:  # the first epoch's metrics reach the server, then it goes away
+            _outage()
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", flaky)
+    with pytest.warns(UserWarning, match="goes on without tracking"):
+        result = runner.invoke(app, ["stage", "train_sal", "--root", str(root)])
+    assert result.exit_code == 5, result.output
+    assert "outputs are written and kept" in result.output and "Traceback" not in result.output
+    assert file_md5(model) == old  # the retrained model (same seed) is in place

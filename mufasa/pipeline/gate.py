@@ -1,18 +1,27 @@
 """The ``gate`` stage: register the trained SAL recommender, compare, and promote only if the gate passes.
 
-Steps: log the pyfunc into this stage's MLflow run and register it (alias ``challenger``); re-evaluate the
-current ``champion`` (if any) on the same test split in this run; apply :func:`mufasa.evaluation.gate.decide`
-with the ``gate`` thresholds to the ``evaluate`` stage's results; tag the version with the decision and its
-reasons; move ``champion`` only on a pass. ``metrics/gate.json`` records the outcome. A refusal is not an
-exception here (the registration and the tags are real and wanted); callers turn it into a failure: the CLI
-exits 3, the Dagster ``promotion_gate`` check fails.
+Steps: re-evaluate the current ``champion`` (if any) on the same test split in this run; apply
+:func:`mufasa.evaluation.gate.decide` with the ``gate`` thresholds to the ``evaluate`` stage's results; log the
+pyfunc into this stage's MLflow run and register it as a new version created together with its decision tags
+(one registry call: no version ever exists without them); point ``challenger`` at it and, only on a pass,
+``champion``. ``metrics/gate.json`` records the outcome. A refusal is not an exception here (the registration
+and the tags are real and wanted); callers turn it into a failure: the CLI exits 3, the Dagster
+``promotion_gate`` check fails.
+
+Outages: every registry step runs inside :func:`registry_phase`, so an unreachable registry is one
+:class:`~mufasa.pipeline.tracking.TrackingUnavailable` that says what state it left (nothing registered, or a
+version registered with its decision whose aliases a rerun sets). A version carries ``gate.candidate_key`` (a
+digest of the model files, the evaluation and the gate rule): a rerun of the same candidate finds it and
+completes it with the recorded outcome instead of registering a duplicate.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from contextlib import contextmanager
 
-from mufasa.data.io import read_json, write_json
+from mufasa.data.io import file_md5, read_json, tree_md5, write_json
 from mufasa.evaluation.gate import decide
 from mufasa.evaluation.protocol import evaluate
 from mufasa.pipeline.paths import ProjectPaths
@@ -32,6 +41,32 @@ def input_example(inputs, n: int = 2):
     )
 
 
+def candidate_key(paths: ProjectPaths, cfg) -> str:
+    """What identifies one gating: the model files, the fused vectors, the catalogue, the evaluation, the rule."""
+    import hashlib
+
+    parts = [tree_md5(paths.sal_model_dir), file_md5(paths.fused_items), file_md5(paths.raw_items),
+             file_md5(paths.metrics_dir / "eval.json"), json.dumps(dataclasses.asdict(cfg), sort_keys=True)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+@contextmanager
+def registry_phase(uri: str, what: str, state: str):
+    """Turn a registry outage during ``what`` into one clear error that says what state the registry is in."""
+    from mufasa.pipeline.tracking import TrackingUnavailable, is_outage, redact
+
+    try:
+        yield
+    except TrackingUnavailable:
+        raise
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        raise TrackingUnavailable(
+            f"the model registry at {redact(uri)} failed while {what} ({type(exc).__name__}); {state}."
+        ) from exc
+
+
 def run_gate(params, paths: ProjectPaths, stage_run):
     from mufasa.pipeline import registry
     from mufasa.pipeline.stages import StageResult
@@ -45,53 +80,80 @@ def run_gate(params, paths: ProjectPaths, stage_run):
     results = read_json(eval_path)["models"]
 
     inputs = load_inputs(paths)
-    previous = registry.alias_version(uri, cfg.model_name, registry.CHAMPION)
-    champion_metrics = None
-    if previous is not None:
-        champion = registry.load_recommender(uri, f"models:/{cfg.model_name}@{registry.CHAMPION}")
-        scorer = registry.CrossVocabScorer(champion, inputs.data.vocab)
-        champion_metrics = evaluate(
-            scorer, inputs.data.test, inputs.data.n_items, ks=tuple(params.evaluate.ks),
-            filter_history=params.evaluate.filter_history,
+    key = candidate_key(paths, cfg)
+    with registry_phase(uri, "reading the registry", "nothing was registered; champion unchanged"):
+        existing = registry.find_candidate(uri, cfg.model_name, key)
+        previous = registry.alias_version(uri, cfg.model_name, registry.CHAMPION)
+    if existing is not None:
+        # A rerun after a failure part-way (or of an unchanged candidate): complete that version, never duplicate it.
+        with registry_phase(uri, "reading the registry", "nothing was registered; champion unchanged"):
+            recorded = registry.version_tags(uri, cfg.model_name, existing)
+        outcome = json.loads(recorded["gate.outcome"])
+        outcome["completed_by_run"] = stage_run.run_id
+    else:
+        champion_metrics = None
+        if previous is not None:
+            with registry_phase(uri, "loading the champion", "nothing was registered; champion unchanged"):
+                champion = registry.load_recommender(uri, f"models:/{cfg.model_name}@{registry.CHAMPION}")
+            scorer = registry.CrossVocabScorer(champion, inputs.data.vocab)
+            champion_metrics = evaluate(
+                scorer, inputs.data.test, inputs.data.n_items, ks=tuple(params.evaluate.ks),
+                filter_history=params.evaluate.filter_history,
+            )
+        decision = decide(
+            results["mufasa"],
+            popularity=results.get("popularity"),
+            sasrec=results.get("sasrec"),
+            champion=champion_metrics,
+            metric=cfg.metric,
+            min_gain_over_popularity=cfg.min_gain_over_popularity,
+            min_gain_over_sasrec=cfg.min_gain_over_sasrec,
+            max_regression_vs_champion=cfg.max_regression_vs_champion,
         )
-    reg = registry.log_and_register(
-        stage_run.run_id,
-        uri,
-        cfg.model_name,
-        paths.sal_model_dir,
-        paths.fused_items,
-        paths.raw_items,
-        input_example(inputs),
-    )
-    decision = decide(
-        results["mufasa"],
-        popularity=results.get("popularity"),
-        sasrec=results.get("sasrec"),
-        champion=champion_metrics,
-        metric=cfg.metric,
-        min_gain_over_popularity=cfg.min_gain_over_popularity,
-        min_gain_over_sasrec=cfg.min_gain_over_sasrec,
-        max_regression_vs_champion=cfg.max_regression_vs_champion,
-    )
-    tags = {**decision.as_tags(), "gate.previous_champion": previous or "none", "gate.run_id": stage_run.run_id}
-    registry.record_decision(uri, cfg.model_name, reg.version, tags, promote=decision.passed)
-    outcome = {
-        "passed": decision.passed,
-        "decision": tags["gate.decision"],
-        "model": cfg.model_name,
-        "version": reg.version,
-        "previous_champion": previous,
-        "champion": reg.version if decision.passed else previous,
-        "metric": cfg.metric,
-        "candidate": decision.candidate,
-        "reasons": list(decision.reasons),
-        "checks": decision.checks,
-    }
+        outcome = {
+            "passed": decision.passed,
+            "decision": "promoted" if decision.passed else "refused",
+            "model": cfg.model_name,
+            "previous_champion": previous,
+            "champion": None,
+            "metric": cfg.metric,
+            "candidate": decision.candidate,
+            "reasons": list(decision.reasons),
+            "checks": decision.checks,
+        }
+        if champion_metrics is not None:
+            outcome["champion_" + cfg.metric] = float(champion_metrics[cfg.metric])
+        tags = {
+            **decision.as_tags(),
+            "gate.previous_champion": previous or "none",
+            "gate.run_id": stage_run.run_id,
+            registry.CANDIDATE_TAG: key,
+            "gate.outcome": json.dumps(outcome, sort_keys=True),
+        }
+        with registry_phase(uri, "registering the model", "no version was created; champion unchanged"):
+            existing = registry.log_and_register(
+                stage_run.run_id,
+                uri,
+                cfg.model_name,
+                paths.sal_model_dir,
+                paths.fused_items,
+                paths.raw_items,
+                input_example(inputs),
+                tags=tags,
+            ).version
+    outcome["version"] = existing
+    outcome["champion"] = existing if outcome["passed"] else outcome["previous_champion"]
+    with registry_phase(
+        uri, "setting the aliases",
+        f"version {existing} is registered with its decision; champion is unchanged unless the alias was set. "
+        "Rerun `mufasa stage gate` to complete it (the same version is reused)",
+    ):
+        registry.record_decision(uri, cfg.model_name, existing, promote=outcome["passed"])
     write_json(outcome, paths.metrics_dir / "gate.json")
     report = write_run_report(paths, outcome)
-    metrics = {"passed": float(decision.passed), "candidate": decision.candidate, "version": float(reg.version)}
-    if champion_metrics is not None:
-        metrics["champion_" + cfg.metric] = float(champion_metrics[cfg.metric])
+    metrics = {"passed": float(outcome["passed"]), "candidate": outcome["candidate"], "version": float(existing)}
+    if "champion_" + cfg.metric in outcome:
+        metrics["champion_" + cfg.metric] = outcome["champion_" + cfg.metric]
     pngs = tuple(p for p in _REPORT_PLOTS if (paths.reports_dir / p).is_file())
     return StageResult(
         "gate",

@@ -135,9 +135,29 @@ def _client(tracking_uri: str):
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
+CANDIDATE_TAG = "gate.candidate_key"  # what was gated: digest of the model files, the evaluation and the rule
+
+
+def find_candidate(tracking_uri: str, name: str, key: str) -> str | None:
+    """The version already registered for candidate ``key`` (a gate rerun completes it instead of duplicating)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = _client(tracking_uri).search_model_versions(f"name='{name}' and tags.`{CANDIDATE_TAG}`='{key}'")
+    except MlflowException as exc:
+        if _missing(exc):
+            return None
+        raise
+    return str(min(int(v.version) for v in found)) if found else None
+
+
 def log_and_register(run_id: str, tracking_uri: str, name: str, model_dir: Path, fused: Path, items: Path,
-                     example: pd.DataFrame) -> Registered:
-    """Log the pyfunc into ``run_id``, register it under ``name`` and point ``challenger`` at the new version."""
+                     example: pd.DataFrame, tags: dict[str, str] | None = None) -> Registered:
+    """Log the pyfunc into ``run_id`` and register it under ``name`` as a new version carrying ``tags``.
+
+    The version is created with its tags in one registry call (``mlflow.register_model(..., tags=...)``), so no
+    version ever exists without its gate decision; aliases are set separately (:func:`record_decision`).
+    """
     from mlflow.models import infer_signature
 
     artifacts = {"model_dir": str(model_dir), "fused": str(fused), "items": str(items)}
@@ -153,20 +173,31 @@ def log_and_register(run_id: str, tracking_uri: str, name: str, model_dir: Path,
             signature=signature,
             input_example=example,
             code_paths=[str(Path(mufasa.__file__).parent)],
-            registered_model_name=name,
         )
-    version = str(info.registered_model_version)
-    _client(tracking_uri).set_registered_model_alias(name, CHALLENGER, version)
-    return Registered(name, version, run_id)
+        version = mlflow.register_model(info.model_uri, name, tags=tags or {})
+    return Registered(name, str(version.version), run_id)
+
+
+def version_tags(tracking_uri: str, name: str, version: str) -> dict[str, str]:
+    return dict(_client(tracking_uri).get_model_version(name, version).tags)
+
+
+def _missing(exc) -> bool:
+    code = getattr(exc, "error_code", "")
+    return code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or "not found" in str(exc).lower()
 
 
 def alias_version(tracking_uri: str, name: str, alias: str) -> str | None:
+    """The version ``alias`` points at; None when the model or the alias does not exist. An unreachable registry
+    raises (it must never read as "no champion")."""
     from mlflow.exceptions import MlflowException
 
     try:
         return str(_client(tracking_uri).get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if _missing(exc):
+            return None
+        raise
 
 
 def load_recommender(tracking_uri: str, uri: str) -> SALRecommender:
@@ -174,10 +205,11 @@ def load_recommender(tracking_uri: str, uri: str) -> SALRecommender:
         return mlflow.pyfunc.load_model(uri).unwrap_python_model()
 
 
-def record_decision(tracking_uri: str, name: str, version: str, tags: dict[str, str], promote: bool) -> None:
+def record_decision(tracking_uri: str, name: str, version: str, promote: bool) -> None:
+    """Point ``challenger`` (and, when promoted, ``champion``) at ``version``; idempotent, so a rerun after a
+    failure part-way completes it. ``champion`` moves last: until it does, the previous champion serves."""
     client = _client(tracking_uri)
-    for k, v in tags.items():
-        client.set_model_version_tag(name, version, k, v)
+    client.set_registered_model_alias(name, CHALLENGER, version)
     if promote:
         client.set_registered_model_alias(name, CHAMPION, version)
 

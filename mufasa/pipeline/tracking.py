@@ -76,24 +76,137 @@ def default_tracking_uri(root: Path, config: TrackingConfig | None = None) -> st
     return f"sqlite:///{(Path(root) / 'mlflow' / 'mlflow.db').resolve()}"
 
 
+class TrackingUnavailable(RuntimeError):
+    """The tracking server or database cannot be reached (after bounded retries), or a call to it failed."""
+
+
+def tracking_timeout(config: TrackingConfig | None = None) -> float:
+    """Seconds of retries before a tracking outage fails a stage: ``MUFASA_TRACKING_TIMEOUT`` or
+    ``tracking.timeout_s`` (default 30)."""
+    raw = os.environ.get("MUFASA_TRACKING_TIMEOUT")
+    if raw:
+        try:
+            return max(0.0, float(raw))
+        except ValueError:
+            raise ValueError(f"MUFASA_TRACKING_TIMEOUT must be a number of seconds, got {raw!r}") from None
+    return float(config.timeout_s) if config is not None else 30.0
+
+
+def bound_mlflow_http(timeout: float) -> None:
+    """Bound MLflow's own HTTP retries (its defaults retry for minutes) unless the user set them."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(timeout))))
+
+
+def redact(uri: str) -> str:
+    """``uri`` without a password (``user:***@host``)."""
+    import re
+
+    return re.sub(r"(//[^:/@]+):[^@/]*@", r"\1:***@", uri)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) says the store could not be reached, not that a request was bad."""
+    import requests
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
+            return True
+        name = type(exc).__name__
+        if name in {"OperationalError", "InterfaceError"}:  # SQLAlchemy / DB-API: server down, refused
+            return True
+        text = str(exc)
+        if any(s in text for s in ("Max retries exceeded", "Connection refused", "Failed to establish")):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def probe(uri: str, timeout: float) -> None:
+    """Reach the store of ``uri`` within ``timeout`` seconds (retries with backoff), or raise
+    :class:`TrackingUnavailable` naming it. A local SQLite store needs no probe."""
+    import time
+
+    if not uri or uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+        return
+    start, attempt, delay, last = time.monotonic(), 0, 0.5, None
+    while True:
+        attempt += 1
+        left = timeout - (time.monotonic() - start)
+        try:
+            if uri.startswith(("http://", "https://")):
+                import requests
+
+                requests.get(uri.rstrip("/") + "/health", timeout=max(0.5, min(5.0, left)))
+            else:
+                import sqlalchemy
+
+                engine = sqlalchemy.create_engine(uri, connect_args=_connect_timeout(uri, left))
+                try:
+                    with engine.connect():
+                        pass
+                finally:
+                    engine.dispose()
+            return
+        except Exception as exc:  # noqa: BLE001 - every failure to connect is an outage here
+            last = exc
+        elapsed = time.monotonic() - start
+        if elapsed + delay > timeout:
+            break
+        time.sleep(delay)
+        delay = min(delay * 2, 8.0)
+    cause = f"{type(last).__name__}: {str(last).splitlines()[0][:200] if str(last) else ''}"
+    raise TrackingUnavailable(
+        f"the MLflow tracking store {redact(uri)} cannot be reached ({cause}); gave up after {attempt} attempt(s) "
+        f"in {time.monotonic() - start:.1f} s (limit {timeout:g} s: MUFASA_TRACKING_TIMEOUT or tracking.timeout_s). "
+        "Start the server or database (README \"Shared services\"), or unset MLFLOW_TRACKING_URI and tracking.uri "
+        "to use the project's own ./mlflow store."
+    ) from last
+
+
+def _connect_timeout(uri: str, left: float) -> dict:
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    seconds = max(1, int(min(5.0, left)))
+    return {"connect_timeout": seconds} if scheme in {"postgresql", "mysql"} else {}
+
+
 def new_pipeline_key() -> str:
     return os.environ.get("MUFASA_PIPELINE_RUN") or f"cli-{uuid.uuid4().hex[:12]}"
 
 
 @dataclass
 class StageRun:
-    """What a caller gets inside :meth:`Tracker.stage_run`: logs to one run through an explicit client."""
+    """What a caller gets inside :meth:`Tracker.stage_run`: logs to one run through an explicit client.
+
+    A failed logging call never stops the stage: the first failure is kept in ``tracking_error`` (with a warning),
+    later calls are skipped, and the caller reports it once the stage's outputs are safely written.
+    """
 
     run_id: str
     parent_run_id: str
     experiment_id: str
     url: str | None
     tracking_uri: str = ""
+    tracking_error: str | None = None
 
     def _client(self):
         from mlflow import MlflowClient
 
         return MlflowClient(self.tracking_uri)
+
+    def _guarded(self, what: str, call) -> None:
+        if self.tracking_error is not None:
+            return
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 - tracking must never take the stage's work down with it
+            self.tracking_error = f"{what} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            import warnings
+
+            warnings.warn(f"MLflow {self.tracking_error}; the stage goes on without tracking", stacklevel=3)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         import time
@@ -103,25 +216,31 @@ class StageRun:
         now = int(time.time() * 1000)
         batch = [Metric(metric_key(k), float(v), now, step or 0) for k, v in metrics.items() if v is not None]
         if batch:
-            self._client().log_batch(self.run_id, metrics=batch)
+            self._guarded("logging metrics", lambda: self._client().log_batch(self.run_id, metrics=batch))
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
         batch = [Param(k, _short(v)) for k, v in _flatten(params).items()]
         if batch:
-            self._client().log_batch(self.run_id, params=batch)
+            self._guarded("logging params", lambda: self._client().log_batch(self.run_id, params=batch))
 
     def log_dict(self, obj: dict, artifact_file: str) -> None:
-        self._client().log_dict(self.run_id, obj, artifact_file)
+        self._guarded(f"logging {artifact_file}", lambda: self._client().log_dict(self.run_id, obj, artifact_file))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        self._client().log_artifact(self.run_id, str(path), artifact_path=artifact_path)
+        self._guarded(
+            f"logging {Path(path).name}",
+            lambda: self._client().log_artifact(self.run_id, str(path), artifact_path=artifact_path),
+        )
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        client = self._client()
-        for k, v in tags.items():
-            client.set_tag(self.run_id, k, str(v))
+        def call():
+            client = self._client()
+            for k, v in tags.items():
+                client.set_tag(self.run_id, k, str(v))
+
+        self._guarded("setting tags", call)
 
 
 def metric_key(name: str) -> str:
@@ -148,9 +267,13 @@ def _short(v: Any) -> str:
 class Tracker:
     """Opens MLflow runs in the configured store; one instance per process is enough."""
 
-    def __init__(self, tracking_uri: str, experiment: str = "mufasa", artifact_root: Path | None = None):
+    def __init__(
+        self, tracking_uri: str, experiment: str = "mufasa", artifact_root: Path | None = None,
+        timeout: float | None = None,
+    ):
         self.tracking_uri = tracking_uri
         self.experiment = experiment
+        self.timeout = tracking_timeout() if timeout is None else timeout
         if artifact_root is None and tracking_uri.startswith("sqlite:///"):
             # Local SQLite store: artifacts beside the DB, never in ./mlruns of whatever the cwd happens to be.
             artifact_root = Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "artifacts"
@@ -172,7 +295,7 @@ class Tracker:
                 artifact_root = (Path(root) / config.artifact_root).resolve()  # an absolute path stays as is
             elif not uri.startswith("sqlite:"):
                 artifact_root = (Path(root) / "mlflow" / "artifacts").resolve()
-        return cls(uri, experiment, artifact_root)
+        return cls(uri, experiment, artifact_root, timeout=tracking_timeout(config))
 
     def _experiment_id(self) -> str:
         from mlflow import MlflowClient
@@ -225,36 +348,60 @@ class Tracker:
         from mlflow import MlflowClient
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-        experiment_id = self._experiment_id()
-        parent = self._parent_run(experiment_id, pipeline_key)
-        client = MlflowClient(self.tracking_uri)
-        run = client.create_run(
-            experiment_id,
-            run_name=stage,
-            tags={
-                MLFLOW_PARENT_RUN_ID: parent,
-                PIPELINE_TAG: pipeline_key,
-                ROLE_TAG: "stage",
-                STAGE_TAG: stage,
-                **(tags or {}),
-            },
-        )
+        # Fail fast, before any work: an unreachable store is retried with backoff for at most self.timeout s.
+        bound_mlflow_http(self.timeout)
+        probe(self.tracking_uri, self.timeout)
+        try:
+            experiment_id = self._experiment_id()
+            parent = self._parent_run(experiment_id, pipeline_key)
+            client = MlflowClient(self.tracking_uri)
+            run = client.create_run(
+                experiment_id,
+                run_name=stage,
+                tags={
+                    MLFLOW_PARENT_RUN_ID: parent,
+                    PIPELINE_TAG: pipeline_key,
+                    ROLE_TAG: "stage",
+                    STAGE_TAG: stage,
+                    **(tags or {}),
+                },
+            )
+        except Exception as exc:
+            if is_outage(exc):
+                raise TrackingUnavailable(
+                    f"the MLflow tracking store {redact(self.tracking_uri)} failed while opening the run of stage "
+                    f"'{stage}' ({type(exc).__name__}); the stage did not start"
+                ) from exc
+            raise
         handle = StageRun(
             run.info.run_id, parent, experiment_id, self._url(experiment_id, run.info.run_id), self.tracking_uri
         )
+
+        def quietly(call) -> None:  # closing the run must not hide the stage's own outcome
+            try:
+                call()
+            except Exception as exc:  # noqa: BLE001
+                if handle.tracking_error is None:
+                    handle.tracking_error = f"closing the run failed: {type(exc).__name__}"
+
         try:
             yield handle
         except BaseException as exc:
-            client.set_tag(run.info.run_id, "mufasa.failure", f"{type(exc).__name__}: {exc}"[:5000])
-            client.set_terminated(run.info.run_id, status="FAILED")
-            client.set_tag(parent, "mufasa.failed_stage", stage)
-            client.set_terminated(parent, status="FAILED")
+            quietly(lambda: client.set_tag(run.info.run_id, "mufasa.failure", f"{type(exc).__name__}: {exc}"[:5000]))
+            quietly(lambda: client.set_terminated(run.info.run_id, status="FAILED"))
+            quietly(lambda: client.set_tag(parent, "mufasa.failed_stage", stage))
+            quietly(lambda: client.set_terminated(parent, status="FAILED"))
             raise
         else:
-            client.set_terminated(run.info.run_id, status="FINISHED")
-            # The parent reflects the latest stage: a later failure turns it FAILED again.
-            if client.get_run(parent).data.tags.get("mufasa.failed_stage") is None:
-                client.set_terminated(parent, status="FINISHED")
+            status = "FINISHED" if handle.tracking_error is None else "FAILED"
+            quietly(lambda: client.set_terminated(run.info.run_id, status=status))
+
+            def close_parent():
+                # The parent reflects the latest stage: a later failure turns it FAILED again.
+                if client.get_run(parent).data.tags.get("mufasa.failed_stage") is None:
+                    client.set_terminated(parent, status="FINISHED")
+
+            quietly(close_parent)
 
     def record_pipeline_failure(self, pipeline_key: str, reason: str) -> str:
         """Mark the parent run of ``pipeline_key`` FAILED with ``reason`` (created if no stage ever started)."""
