@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -17,11 +20,11 @@ import yaml
 from typer.testing import CliRunner
 
 from mufasa.cli import app
-from mufasa.data.io import file_md5
+from mufasa.data.io import file_md5, tree_md5
 from mufasa.models.sasrec import SASRecConfig
 from mufasa.training.common import Checkpointer, CheckpointWarning
 from mufasa.training.sal_trainer import SALTrainConfig, train_sal
-from tests.conftest import REPO, synthetic_params_dict
+from tests.conftest import REPO, synthetic_params_dict, tool_env
 
 runner = CliRunner()
 
@@ -265,3 +268,89 @@ def test_a_tracking_failure_mid_training_keeps_the_outputs_and_says_so(built, tm
     assert result.exit_code == 5, result.output
     assert "outputs are written and kept" in result.output and "Traceback" not in result.output
     assert file_md5(model) == old  # the retrained model (same seed) is in place
+
+
+# ---- SIGKILL at named write points: every output is the previous one or the new one, and a rerun completes ---
+
+KILL_POINTS = {
+    "ingest": ["after-rename:images", "after-rename:items.parquet", "before-rename:manifest.json"],
+    "sequences": ["after-rename:train.parquet", "before-rename:sequences.json"],
+    "features": ["after-rename:text.npy", "before-rename:side.npy"],
+    "train_mfl": ["after-rename:items.npy", "before-rename:mfl", "after-rename:mfl"],
+    "train_sal": ["before-rename:sal", "after-rename:sal", "before-rename:curves.png"],
+}
+KILL_CASES = [(stage, point) for stage, points in KILL_POINTS.items() for point in points]
+
+
+def _stage_outputs(root: Path, stage: str) -> list[Path]:
+    spec = yaml.safe_load((root / "dvc.yaml").read_text())["stages"][stage]
+    outs = []
+    for kind in ("outs", "metrics", "plots"):
+        for entry in spec.get(kind, []):
+            outs.append(root / (next(iter(entry)) if isinstance(entry, dict) else entry))
+    return outs
+
+
+def _digest(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    if path.suffix == ".json":  # metrics carry wall-clock seconds: compare everything else
+        def drop(obj):
+            if isinstance(obj, dict):
+                return {k: drop(v) for k, v in obj.items() if "seconds" not in k}
+            return [drop(v) for v in obj] if isinstance(obj, list) else obj
+
+        return json.dumps(drop(json.loads(path.read_text())), sort_keys=True)
+    return tree_md5(path)
+
+
+@pytest.fixture(scope="module")
+def two_versions(built, tmp_path_factory):
+    """``built`` (synthetic seed 0: the previous outputs) and the same project rerun on seed 1 (the new ones)."""
+    new = tmp_path_factory.mktemp("new") / "p"
+    shutil.copytree(built, new)
+    params = yaml.safe_load((new / "params.yaml").read_text())
+    params["ingest"]["synthetic"]["seed"] = 1
+    (new / "params.yaml").write_text(yaml.safe_dump(params))
+    for name in STAGES_TO_BUILD:
+        result = runner.invoke(app, ["stage", name, "--root", str(new), "--no-track"])
+        assert result.exit_code == 0, result.output
+    return built, new
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("stage", "point"), KILL_CASES, ids=[f"{s}-{p}" for s, p in KILL_CASES])
+def test_sigkill_at_a_write_leaves_old_or_new_outputs_and_the_rerun_completes(two_versions, tmp_path, stage, point):
+    old_root, new_root = two_versions
+    root = tmp_path / "p"
+    shutil.copytree(new_root, root)
+    outputs = _stage_outputs(root, stage)
+    old = {p: _digest(old_root / p.relative_to(root)) for p in outputs}
+    new = {p: _digest(p) for p in outputs}
+    name = point.split(":", 1)[1]
+    named = next(p for p in outputs if p.name == name or name in p.parts)
+    assert old[named] != new[named], "the two versions of the named output must differ to tell them apart"
+    for p in outputs:  # this stage's outputs go back to the previous version; its inputs are the new ones
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+        src = old_root / p.relative_to(root)
+        shutil.copytree(src, p) if src.is_dir() else shutil.copy2(src, p)
+
+    env = dict(tool_env(), MUFASA_FAULT_AT=point, PYTHONPATH=str(REPO))
+    killed = subprocess.run([sys.executable, "-m", "mufasa.cli", "stage", stage, "--no-track"], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert killed.returncode == -signal.SIGKILL, f"{point} was never reached:\n{killed.stderr[-2000:]}"
+    after_kill = {p: _digest(p) for p in outputs}
+    for p in outputs:
+        assert after_kill[p] in (old[p], new[p]), f"{p.relative_to(root)} is neither the previous nor the new output"
+    assert after_kill[named] == (new[named] if point.startswith("after") else old[named])
+
+    env.pop("MUFASA_FAULT_AT")
+    rerun = subprocess.run([sys.executable, "-m", "mufasa.cli", "stage", stage, "--no-track"], cwd=root, env=env,
+                           capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert {p: _digest(p) for p in outputs} == new
+    leftovers = [q for p in outputs for q in p.parent.glob(f".{p.name}.*.tmp")]
+    assert leftovers == []

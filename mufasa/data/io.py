@@ -7,6 +7,7 @@ stage that fails validation never touches the previous output.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -117,24 +118,80 @@ def load_tensors(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
+FAULT_ENV = "MUFASA_FAULT_AT"  # test-only: SIGKILL this process at the named write point (tests/test_faults.py)
+
+
+def fault_point(name: str) -> None:
+    """Die here, as a machine dies (SIGKILL: no cleanup runs), when ``MUFASA_FAULT_AT`` names this point."""
+    if os.environ.get(FAULT_ENV) == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @contextmanager
 def atomic_path(dest: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``dest``; on success rename it onto ``dest`` (files or folders)."""
+    """Yield a temporary path beside ``dest``; on success rename it onto ``dest`` (files or folders).
+
+    Killed at any moment, the writer leaves ``dest`` as it was or complete and new, never partial. Temporary
+    folders a killed writer left beside ``dest`` (``.<name>.*.tmp``) are removed by the next write of ``dest``
+    (the project lock keeps stages from writing the same output concurrently).
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dest.parent.glob(f".{dest.name}.*.tmp"):
+        old = stale / (dest.name + ".old")
+        if not dest.exists() and old.exists():  # killed between the two renames of the fallback below
+            os.replace(old, dest)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     target = tmp / dest.name
     try:
         yield target
+        fault_point(f"before-rename:{dest.name}")
         if dest.is_dir() and not dest.is_symlink():
-            # Folders cannot be renamed over a non-empty folder: move the old one aside first.
-            old = tmp / (dest.name + ".old")
-            os.replace(dest, old)
-            os.replace(target, dest)
+            # A folder cannot be renamed over a non-empty folder: swap the two in one step (Linux renameat2
+            # RENAME_EXCHANGE), so dest is always the old or the new folder; elsewhere move the old one aside.
+            if not _exchange(target, dest):
+                old = tmp / (dest.name + ".old")
+                os.replace(dest, old)
+                fault_point(f"mid-rename:{dest.name}")
+                os.replace(target, dest)
         else:
             os.replace(target, dest)
+        fault_point(f"after-rename:{dest.name}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EXDEV):
+        return False  # this filesystem or kernel cannot swap: fall back
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def save_figure(fig, dest: Path, **kwargs) -> Path:
+    """``fig.savefig`` through :func:`atomic_path` (format from ``dest``'s suffix unless given)."""
+    dest = Path(dest)
+    kwargs.setdefault("format", dest.suffix.lstrip(".") or "png")
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, **kwargs)
+    return dest
 
 
 def write_parquet(df: pd.DataFrame, dest: Path) -> Path:

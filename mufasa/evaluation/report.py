@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mufasa.data.io import save_figure
+
 TABLE_METRICS = ("hr@10", "ndcg@10", "mrr@10", "hr@50", "ndcg@50", "coverage@10")
 
 
@@ -50,7 +52,6 @@ def bar_plot(results: dict[str, dict], path: Path, metric: str = "ndcg@10") -> P
     ax.set_ylabel(metric)
     ax.set_title(f"Test {metric} (full ranking, leave-one-out)")
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return Path(path)

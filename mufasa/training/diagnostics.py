@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from mufasa.data.io import save_figure
+
 __all__ = [
     "alignment",
     "effective_rank",
@@ -197,10 +199,7 @@ def plot_training_curves(
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path, format="png")
 
 
 def plot_fused_projection(
@@ -247,7 +246,4 @@ def plot_fused_projection(
     ax.set_title(f"fused item vectors ({method.upper()}, {len(x)} items)")
     ax.legend(fontsize=7, markerscale=2, loc="best", ncol=1 + len(genre_names) // 12)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path, format="png")
