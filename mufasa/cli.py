@@ -42,7 +42,7 @@ def stage(
     track: bool = typer.Option(True, help="Log the stage to MLflow (MLFLOW_TRACKING_URI or ./mlflow)."),
 ) -> None:
     """Run one pipeline stage with its params; exit 2 with file/column/row details on bad data."""
-    from mufasa.data.io import CorruptInputError
+    from mufasa.data.io import CorruptInputError, OutputWriteError
     from mufasa.data.schema import DataValidationError
     from mufasa.pipeline.params import ParamsError, load_params
     from mufasa.pipeline.paths import ProjectPaths, find_project_root
@@ -85,6 +85,9 @@ def stage(
     except TrackingUnavailable as exc:
         typer.secho(f"error: stage '{name.value}': {exc}", fg="red", err=True)
         raise typer.Exit(5) from exc
+    except OutputWriteError as exc:
+        typer.secho(f"error: stage '{name.value}' could not write its outputs: {exc}", fg="red", err=True)
+        raise typer.Exit(6) from exc
     if run.tracking_error:
         written = ", ".join(str(p) for p in result.outputs.values()) or "none"
         typer.secho(

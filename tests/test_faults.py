@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import shutil
 import signal
 import socket
@@ -354,3 +356,26 @@ def test_sigkill_at_a_write_leaves_old_or_new_outputs_and_the_rerun_completes(tw
     assert {p: _digest(p) for p in outputs} == new
     leftovers = [q for p in outputs for q in p.parent.glob(f".{p.name}.*.tmp")]
     assert leftovers == []
+
+
+# ---- disk full ---------------------------------------------------------------------------------------------
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize(("stage", "patch"), [("sequences", "pyarrow.parquet.write_table"), ("train_sal", "torch.save"),
+                                              ("features", "numpy.save")])
+def test_a_full_disk_gives_a_clear_error_and_keeps_the_previous_outputs(built, tmp_path, monkeypatch, stage, patch):
+    root = tmp_path / "p"
+    shutil.copytree(built, root)
+    before = _snapshot(root, root / "none")
+    monkeypatch.setattr(patch, _disk_full)
+    result = runner.invoke(app, ["stage", stage, "--root", str(root), "--no-track"])
+    assert result.exit_code == 6, result.output
+    assert "No space left on device" in result.output and "is unchanged" in result.output
+    assert "Traceback" not in result.output
+    after = _snapshot(root, root / "none")
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    assert not any(k.startswith(("data/", "models/", "metrics/", "reports/")) for k in changed), changed

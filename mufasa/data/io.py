@@ -118,6 +118,29 @@ def load_tensors(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
+class OutputWriteError(RuntimeError):
+    """An output could not be written (disk full, quota, read-only): the previous output is left as it was."""
+
+    def __init__(self, dest: Path, exc: OSError):
+        self.dest = Path(dest)
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        where = self.dest.parent
+        super().__init__(
+            f"cannot write {self.dest}: {reason}. The previous {self.dest.name} (if any) is unchanged and no partial "
+            f"file was left. Free space (or fix permissions) on the filesystem of {where} and rerun the stage."
+        )
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG}
+
+
+def raise_write_error(dest: Path, exc: OSError) -> None:
+    """Re-raise ``exc`` as :class:`OutputWriteError` when it says the disk (not the program) is at fault."""
+    if exc.errno in _WRITE_ERRNOS:
+        raise OutputWriteError(dest, exc) from exc
+    raise exc
+
+
 FAULT_ENV = "MUFASA_FAULT_AT"  # test-only: SIGKILL this process at the named write point (tests/test_faults.py)
 
 
@@ -147,7 +170,10 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     target = tmp / dest.name
     try:
-        yield target
+        try:
+            yield target
+        except OSError as exc:
+            raise_write_error(dest, exc)
         fault_point(f"before-rename:{dest.name}")
         if dest.is_dir() and not dest.is_symlink():
             # A folder cannot be renamed over a non-empty folder: swap the two in one step (Linux renameat2

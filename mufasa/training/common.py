@@ -97,7 +97,16 @@ class Checkpointer:
     def save(self, state: dict[str, Any]) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except (OSError, RuntimeError) as exc:  # torch wraps a failed write (disk full) in a RuntimeError
+            tmp.unlink(missing_ok=True)
+            cause = exc if isinstance(exc, OSError) else exc.__cause__ or exc.__context__
+            if isinstance(cause, OSError):
+                from mufasa.data.io import raise_write_error
+
+                raise_write_error(self.path, cause)
+            raise
         os.replace(tmp, self.path)
         return self.path
 
