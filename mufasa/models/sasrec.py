@@ -15,7 +15,12 @@ states and attention, 200 positions) are this config's defaults.
 
 Departures (``NOTE:`` in the code): the reference trains one padded example per prefix; here a training
 example is a whole window with the loss at every position (the same targets per epoch, in fewer steps; see
-:mod:`mufasa.training.sal_trainer`). The reference scores the padding row too; here only items 1..N are scored.
+:mod:`mufasa.training.sal_trainer`). With causal attention and positions counted from each window's oldest event,
+position t of a window computes exactly what the reference computes for the prefix ending there (up to dropout
+masks); so that every target also *weighs* what it weighs in the reference, the baseline trains with
+``loss_weighting: target`` and ``batching: random`` (``params.yaml``; measured in
+``benchmarks/results/training-variants.md``: 5 seeds, test NDCG@10 0.0508 -> 0.0573). Targets of histories longer
+than 201 events see fewer than 200 events of context here (windows do not overlap). The reference scores the padding row too; here only items 1..N are scored.
 
 Same contract as :class:`mufasa.models.sal.SALModel` (``forward``, ``calculate_loss``, ``full_sort_predict``,
 ``item_embeddings``), so the SAL trainer, scorer and evaluation take either.

@@ -4,8 +4,12 @@
   indices 1..N (``ItemVocab.to_index``): ``offsets`` (U + 1,), ``items_index`` (E,), ``timestamps`` (E,).
 - A training example is one user's whole train sequence, left-truncated to its last ``max_len + 1`` events:
   inputs are events [:-1], targets events [1:], and the loss covers every position (as SASRec/HSTU train).
-- Batches: users are shuffled with the seeded generator, sorted by length inside chunks of 50 batches, cut into
-  batches and the batch order shuffled again, so padding waste stays small while batches keep mixing.
+- Batches (``batching: bucketed``): users are shuffled with the seeded generator, sorted by length inside chunks
+  of 50 batches, cut into batches and the batch order shuffled again, so padding waste stays small while batches
+  keep mixing; ``batching: random`` skips the sorting. ``loss_weighting: target`` gives every target the same
+  weight over an epoch (a batch's summed loss over the epoch's mean targets per batch), as the reference SASRec's
+  batches of random prefixes do; ``batch`` averages within each batch, so a target among short histories weighs
+  more. Long histories are cut into windows (:func:`training_windows`, ``window_stride``).
 - Validation: each user with a target ranks it against **all** items given the user's train sequence (the last
   ``max_len`` events); NDCG@10 drives early stopping. Pessimistic ties (:mod:`mufasa.evaluation.metrics`).
 - AdamW with gradient clipping, bf16 autocast on CUDA, a checkpoint after every epoch (model, optimizer, early
