@@ -106,3 +106,22 @@ def clone(tmp_path) -> Path:
     return dest
 
 
+
+
+_TORCH_THREADS = None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    """Every test starts with the process's initial torch thread count, whatever an earlier test or fixture set.
+
+    Float results on CPU depend on the intra-op thread count (reduction order); a fixture that set one thread and
+    kept it made a later module's in-process run differ from a subprocess run of the same stage.
+    """
+    global _TORCH_THREADS
+    import torch
+
+    if _TORCH_THREADS is None:
+        _TORCH_THREADS = torch.get_num_threads()
+    torch.set_num_threads(_TORCH_THREADS)
+    yield

@@ -147,6 +147,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The same training in one process and in two DDP processes (timed, for the report in the test output)."""
+    previous = torch.get_num_threads()
     torch.set_num_threads(1)
     single_dir, ddp_dir = tmp_path_factory.mktemp("single"), tmp_path_factory.mktemp("ddp")
     t0 = time.perf_counter()
@@ -156,6 +157,7 @@ def runs(tmp_path_factory):
     t2 = time.perf_counter()
     print(f"1 process: {t1 - t0:.1f} s; 2 DDP processes (spawn included): {t2 - t1:.1f} s")
     ranks = [torch.load(ddp_dir / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    torch.set_num_threads(previous)  # later modules (in this process) train with the default thread count
     return single, ranks, ddp_dir, single_dir
 
 
