@@ -233,26 +233,42 @@ def benchmark(
     out: Path = typer.Option(Path("benchmarks/results/comparison"), help="Output path stem (.json/.md/.png)."),
     root: Path = typer.Option(None, help="Project root."),
     track: bool = typer.Option(True, help="Log the results to MLflow."),
+    model: list[str] = typer.Option(None, "--model", help="Only these models (repeat the option); default all."),
+    resume: bool = typer.Option(False, help="Keep the (seed, model) results already in --out; run the rest."),
 ) -> None:
     """MUFASA vs the reference SASRec (every seed), popularity and every ablation (first seeds), both protocols,
     with a paired per-user significance test; run the pipeline first."""
-    from mufasa.pipeline.benchmark import run_benchmark
+    from mufasa.pipeline.benchmark import MODEL_ORDER, run_benchmark
     from mufasa.pipeline.tracking import NullTracker, Tracker, new_pipeline_key
 
     paths, params = _project(root)
+    unknown = sorted(set(model or ()) - set(MODEL_ORDER))
+    if unknown:
+        raise typer.BadParameter(f"unknown model(s) {unknown}; choose from {list(MODEL_ORDER)}", param_hint="--model")
     tracker = Tracker.for_project(paths.root, params.tracking.experiment) if track else NullTracker()
     with tracker.stage_run("benchmark", new_pipeline_key()) as run:
-        payload = run_benchmark(
-            params,
-            paths,
-            seeds,
-            out,
-            progress=lambda seed, r: typer.echo(f"seed {seed}: {json.dumps({n: m['ndcg@10'] for n, m in r.items()})}"),
-            ablation_seeds=ablation_seeds,
-            workers=workers,
-        )
-        for suffix in (".json", ".md", ".png"):
-            run.log_artifact(Path(out).with_suffix(suffix))
+        try:
+            payload = run_benchmark(
+                params,
+                paths,
+                seeds,
+                out,
+                progress=lambda seed, r: typer.echo(
+                    f"seed {seed}: {json.dumps({n: m['ndcg@10'] for n, m in r.items()})}"),
+                ablation_seeds=ablation_seeds,
+                workers=workers,
+                models=tuple(model) if model else None,
+                resume=resume,
+            )
+        except ValueError as exc:  # e.g. --resume onto results written under another budget
+            typer.secho(f"error: {exc}", fg="red", err=True)
+            raise typer.Exit(2) from exc
+        if not payload:
+            typer.echo("nothing to run: no (seed, model) pair selected")
+            return
+        for suffix in (".json", ".md", ".png", ".ranks.npz"):
+            if Path(out).with_suffix(suffix).exists():
+                run.log_artifact(Path(out).with_suffix(suffix))
     typer.echo(Path(out).with_suffix(".md").read_text())
     typer.echo(f"took {payload['seconds']:.0f} s")
 

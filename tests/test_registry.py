@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -145,6 +146,41 @@ def test_benchmark_compares_every_baseline_and_ablation(pipeline, tmp_path):
         assert m["filtered"]["hr@10"] >= m["unfiltered"]["hr@10"], name
     table = (tmp_path / "cmp.md").read_text()
     assert "| window_only |" in table and "±" in table and "Wilcoxon" in table and "History filtered" in table
+
+
+def test_benchmark_resumes_runs_only_what_is_missing_and_refuses_another_budget(pipeline, tmp_path):
+    from mufasa.pipeline.benchmark import run_benchmark
+
+    paths, params, _, _ = pipeline
+    out = tmp_path / "cmp"
+    ran: list[tuple[int, str]] = []
+    first = run_benchmark(params, paths, [0], out, models=("popularity", "sasrec"), ablation_seeds=1,
+                          progress=lambda seed, r: ran.extend((seed, m) for m in r))
+    assert sorted(ran) == [(0, "popularity"), (0, "sasrec")]
+    assert first["significance_mufasa_vs_sasrec_ndcg@10"] == {}
+    assert "No paired test yet" in (tmp_path / "cmp.md").read_text()
+
+    ran.clear()
+    second = run_benchmark(params, paths, [0], out, models=("mufasa", "popularity", "sasrec"), ablation_seeds=1,
+                           resume=True, progress=lambda seed, r: ran.extend((seed, m) for m in r))
+    assert ran == [(0, "mufasa")]  # the two models already in cmp.json are kept, not retrained
+    assert second["per_seed"]["0"]["sasrec"] == first["per_seed"]["0"]["sasrec"]
+    assert second["per_seed"]["0"]["popularity"] == first["per_seed"]["0"]["popularity"]
+    sig = second["significance_mufasa_vs_sasrec_ndcg@10"]["unfiltered"]
+    assert sig["seeds"] == [0] and 0 <= sig["wilcoxon_p"] <= 1
+    with np.load(tmp_path / "cmp.ranks.npz") as ranks:
+        assert {"0/mufasa/unfiltered", "0/sasrec/filtered"} <= set(ranks.files)
+
+    ran.clear()
+    assert run_benchmark(params, paths, [0], out, models=("mufasa", "sasrec"), resume=True,
+                         progress=lambda seed, r: ran.extend(r))["per_seed"] == second["per_seed"]
+    assert ran == []  # nothing missing: nothing trained
+
+    train = params.evaluate.sasrec.train
+    other = dataclasses.replace(params, evaluate=dataclasses.replace(
+        params.evaluate, sasrec=dataclasses.replace(params.evaluate.sasrec, train={**train, "lr": train["lr"] * 2})))
+    with pytest.raises(ValueError, match="sasrec.lr"):
+        run_benchmark(other, paths, [0], out, models=("sasrec",), resume=True)
 
 
 def test_paired_test_detects_a_real_difference_and_not_a_null_one():

@@ -10,8 +10,10 @@ removed; comparable with a reference library's popularity figure). MUFASA vs ``s
 each user's NDCG@10, averaged over the seeds both ran, paired between the two models — a Wilcoxon signed-rank
 test (two-sided) and a paired bootstrap 95 % interval of the mean difference.
 
-Results (``<out>.json`` / ``.md`` / ``.png``) are written after every seed, so an interrupted run keeps the seeds
-it finished; the CLI logs them to MLflow.
+Results (``<out>.json`` / ``.md`` / ``.png``, and the headline models' per-user test ranks in
+``<out>.ranks.npz`` for the paired test) are written after every (seed, model), so an interrupted run keeps what it
+finished; ``resume=True`` reads them back and runs only the (seed, model) pairs still missing, and ``models``
+restricts a run to some models (e.g. the ablations, on top of a finished headline). The CLI logs them to MLflow.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mufasa.data.io import write_json, write_text
+from mufasa.data.io import atomic_path, write_json, write_text
 from mufasa.evaluation.report import bar_plot, metrics_table
 from mufasa.evaluation.protocol import PROTOCOLS
 from mufasa.pipeline.evaluate import ABLATIONS, evaluate_all, seeded_fused
@@ -85,24 +87,33 @@ def run_benchmark(
     progress=None,
     ablation_seeds: int = 3,
     workers: int = 1,
+    models: tuple[str, ...] | None = None,
+    resume: bool = False,
 ) -> dict:
     """Train and score every model over ``seeds``; write and return the payload (see the module docstring).
 
     ``workers`` > 1 runs independent (seed, model) trainings in that many processes with one thread each (the
     same seeded results; faster on a few cores than one process using them all, since small models scale poorly).
+    ``models`` (default: all of ``MODEL_ORDER``) restricts the run; ``resume`` keeps what ``<out>.json`` and
+    ``<out>.ranks.npz`` already hold (written by a run of the same parameters) and runs only what is missing.
     """
+    wanted = tuple(MODEL_ORDER) if models is None else tuple(models)
+    unknown = sorted(set(wanted) - set(MODEL_ORDER))
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}: choose from {list(MODEL_ORDER)}")
     params = dataclasses.replace(
         params,
         evaluate=dataclasses.replace(params.evaluate, baselines=("popularity", "sasrec"), ablations=tuple(ABLATIONS)),
     )
-    per_seed: dict[int, dict] = {}
-    ranks: dict[int, dict] = {}
-    started = time.perf_counter()
-    payload: dict = {}
+    out = Path(out)
+    per_seed, ranks, earlier = _load_previous(params, out) if resume else ({}, {}, {})
+    started = time.perf_counter() - float(earlier.get("seconds", 0.0))
+    payload: dict = earlier
     # The headline pair first over every seed, then the rest over the first seeds: an interrupted run has the
     # comparison that matters most. Written after every step, so it keeps every seed it finished.
-    steps = [(seed, (m,)) for seed in seeds for m in HEADLINE]
-    steps += [(seed, (m,)) for seed in seeds[:ablation_seeds] for m in MODEL_ORDER if m not in HEADLINE]
+    steps = [(seed, (m,)) for seed in seeds for m in HEADLINE if m in wanted]
+    steps += [(seed, (m,)) for seed in seeds[:ablation_seeds] for m in MODEL_ORDER if m not in HEADLINE and m in wanted]
+    steps = [(seed, m) for seed, m in steps if m[0] not in per_seed.get(seed, {})]
 
     def collect(seed: int, results: dict) -> None:
         nonlocal payload
@@ -110,29 +121,74 @@ def run_benchmark(
         ranks.setdefault(seed, {}).update({name: r["ranks"] for name, r in results.items() if name in HEADLINE})
         if progress:
             progress(seed, {name: r["test"] for name, r in results.items()})
-        if all(m in ranks.get(s, {}) for s in per_seed for m in HEADLINE):
-            payload = _write(params, per_seed, ranks, Path(out), time.perf_counter() - started)
+        payload = _write(params, per_seed, ranks, out, time.perf_counter() - started, earlier)
 
+    if not steps:
+        return payload
     # The MFL is retrained once per seed and its vectors shared by every model of that seed.
+    todo = sorted({seed for seed, _ in steps})
     if workers <= 1:
-        fused = {seed: _fused(params, paths, seed, None) for seed in seeds}
-        for seed, models in steps:
-            collect(*_step(params, paths, seed, models, fused[seed], None))
+        fused = {seed: _fused(params, paths, seed, None) for seed in todo}
+        for seed, step_models in steps:
+            collect(*_step(params, paths, seed, step_models, fused[seed], None))
         return payload
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     quiet_params = quiet(params)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        fits = {seed: pool.submit(_fused, quiet_params, paths, seed, 1) for seed in seeds}
+        fits = {seed: pool.submit(_fused, quiet_params, paths, seed, 1) for seed in todo}
         fused = {seed: f.result() for seed, f in fits.items()}
-        futures = [pool.submit(_step, quiet_params, paths, seed, models, fused[seed], 1) for seed, models in steps]
+        futures = [pool.submit(_step, quiet_params, paths, seed, m, fused[seed], 1) for seed, m in steps]
         for future in as_completed(futures):
             collect(*future.result())
     return payload
 
 
-def _write(params, per_seed: dict[int, dict], ranks: dict[int, dict], out: Path, seconds: float) -> dict:
+def _ranks_path(out: Path) -> Path:
+    return out.with_suffix(".ranks.npz")
+
+
+def _budget(params) -> dict:
+    """The two headline models' training settings, as plain JSON (what a resumed run must share)."""
+    def plain(obj):
+        return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else str(obj)
+
+    return json.loads(json.dumps({"mufasa": params.train_sal.train, "sasrec": params.evaluate.sasrec.train},
+                                 default=plain))
+
+
+def _load_previous(params, out: Path) -> tuple[dict[int, dict], dict[int, dict], dict]:
+    """What an earlier run wrote to ``out`` (per-seed metrics, headline ranks, payload); nothing if absent.
+
+    Refuses a file written under a different training budget: resuming would mix two configurations in one table.
+    """
+    path = out.with_suffix(".json")
+    if not path.exists():
+        return {}, {}, {}
+    from mufasa.data.io import read_json
+
+    earlier = read_json(path)
+    def differs(a: dict, b: dict) -> list[str]:  # a key absent from an older file reads as None; progress is cosmetic
+        return sorted(f"{m}.{k}" for m in set(a) | set(b) for k in set(a.get(m, {})) | set(b.get(m, {}))
+                      if k != "progress" and a.get(m, {}).get(k) != b.get(m, {}).get(k))
+
+    changed = differs(earlier.get("budget") or {}, _budget(params)) if earlier.get("budget") is not None else []
+    if changed:
+        raise ValueError(f"{path}: written under another training budget than params.yaml's "
+                         f"({', '.join(changed)}); rerun without --resume (or use another --out)")
+    per_seed = {int(s): dict(models) for s, models in earlier.get("per_seed", {}).items()}
+    ranks: dict[int, dict] = {}
+    if _ranks_path(out).exists():
+        with np.load(_ranks_path(out)) as stored:
+            for key in stored.files:  # "<seed>/<model>/<protocol>"
+                seed, model, protocol = key.split("/")
+                ranks.setdefault(int(seed), {}).setdefault(model, {})[protocol] = stored[key]
+    return per_seed, ranks, earlier
+
+
+def _write(params, per_seed: dict[int, dict], ranks: dict[int, dict], out: Path, seconds: float,
+           earlier: dict | None = None) -> dict:
     seeds = sorted(per_seed)
     tables, mean_std, seeds_of = {}, {}, {}
     for protocol in PROTOCOLS:
@@ -149,16 +205,27 @@ def _write(params, per_seed: dict[int, dict], ranks: dict[int, dict], out: Path,
             for n, m in combined.items()
         }
         tables[protocol] = combined
+    # The paired test over the seeds where both headline models have per-user ranks (all of them, unless the
+    # headline came from a file written before ranks were kept: then its test is carried over as it was).
+    both = [s for s in seeds if all(m in ranks.get(s, {}) for m in HEADLINE)]
+    headline_seeds = [s for s in seeds if all(m in per_seed[s] for m in HEADLINE)]
     significance = {}
-    for protocol in PROTOCOLS:
-        per_user = {m: np.mean([ndcg_at(ranks[s][m][protocol]) for s in seeds if m in ranks[s]], axis=0)
-                    for m in HEADLINE}
-        significance[protocol] = paired_test(per_user["mufasa"], per_user["sasrec"])
+    if both and both == headline_seeds:
+        for protocol in PROTOCOLS:
+            per_user = {m: np.mean([ndcg_at(ranks[s][m][protocol]) for s in both], axis=0) for m in HEADLINE}
+            significance[protocol] = {**paired_test(per_user["mufasa"], per_user["sasrec"]), "seeds": both}
+    elif earlier and earlier.get("significance_mufasa_vs_sasrec_ndcg@10"):
+        significance = earlier["significance_mufasa_vs_sasrec_ndcg@10"]
+    flat = {f"{s}/{m}/{p}": np.asarray(r) for s, by_model in ranks.items() for m, by_protocol in by_model.items()
+            for p, r in by_protocol.items()}
+    if flat:
+        with atomic_path(_ranks_path(out)) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **flat)
     payload = {
         "seeds": seeds,
         "seeds_per_model": seeds_of,
         "protocol": {"split": "test", "full_ranking": True, "leave_one_out": True, "ties": "pessimistic"},
-        "budget": {"mufasa": params.train_sal.train, "sasrec": params.evaluate.sasrec.train},
+        "budget": _budget(params),
         "per_seed": {str(s): per_seed[s] for s in seeds},
         "mean_std": mean_std,
         "significance_mufasa_vs_sasrec_ndcg@10": significance,
@@ -180,9 +247,12 @@ def _markdown(tables: dict, significance: dict, seeds_of: dict) -> str:
         "",
     ]
     for protocol in PROTOCOLS:
-        sig = significance[protocol]
+        sig = significance.get(protocol)
         title = f"History {protocol}" + (" (headline)" if protocol == "unfiltered" else "")
         lines += [metrics_table(tables[protocol], title=title)]
+        if sig is None:
+            lines += ["No paired test yet: MUFASA and sasrec have not both run on any seed.", ""]
+            continue
         lines += [
             f"MUFASA − sasrec, per-user NDCG@10 averaged over seeds ({int(sig['n_users'])} users): "
             f"{sig['mean_diff']:+.4f} (95 % CI {sig['ci95_low']:+.4f} … {sig['ci95_high']:+.4f}), "
