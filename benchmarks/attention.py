@@ -58,6 +58,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 import mufasa  # noqa: E402, F401  (offline env vars first)
+from mufasa.measure import peak_memory_mb, step_ms, sync  # noqa: E402
 from mufasa.models.sparse_attention import (  # noqa: E402
     DenseCausalAttention,
     MultiGranularitySparseAttention,
@@ -67,11 +68,6 @@ from mufasa.models.sparse_attention import (  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16"}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def make_step(module: torch.nn.Module, x: torch.Tensor, valid: torch.Tensor, backward: bool) -> Callable[[], None]:
@@ -87,49 +83,9 @@ def make_step(module: torch.nn.Module, x: torch.Tensor, valid: torch.Tensor, bac
     return step
 
 
-def timed(step: Callable[[], None], device: torch.device) -> float:
-    """Milliseconds of one ``step``: CUDA events on a synchronised device, else wall clock."""
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        sync(device)
-        start.record()
-        step()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end)
-    sync(device)
-    start = time.perf_counter()
-    step()
-    sync(device)
-    return (time.perf_counter() - start) * 1e3
-
-
 def clear_grads(module: torch.nn.Module, x: torch.Tensor) -> None:
     module.zero_grad(set_to_none=True)
     x.grad = None
-
-
-def peak_memory_mb(step: Callable[[], None], device: torch.device) -> float:
-    """Peak bytes allocated by torch during ``step`` beyond what was allocated before it."""
-    if device.type == "cuda":
-        sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        step()
-        sync(device)
-        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    events = sorted(
-        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
-    )
-    current = peak = 0
-    for e in events:
-        current += e.nbytes()
-        peak = max(peak, current)
-    return peak / 2**20
 
 
 def top_ops(step: Callable[[], None], device: torch.device, rows: int = 15) -> str:
@@ -193,7 +149,7 @@ def run_length(
         times: dict[str, list[float]] = {name: [] for name in steps}
         for _ in range(reps):
             for name, step in steps.items():  # alternate: a noisy neighbour hits both
-                times[name].append(timed(step, device))
+                times[name].append(step_ms(step, device))
         for name, ts in times.items():
             row[f"{name}_{mode}_ms"] = statistics.median(ts)
             row[f"{name}_{mode}_all_ms"] = [round(t, 2) for t in ts]

@@ -25,8 +25,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +35,7 @@ import torch
 from PIL import Image
 
 import mufasa  # noqa: F401  (offline env vars first)
+from mufasa.measure import timed
 from mufasa.encoders import (
     ImageEncoder,
     TitleEncoder,
@@ -59,16 +58,6 @@ class Timing:
     @property
     def items_per_s(self) -> float | None:
         return self.n / self.seconds if self.n and self.seconds > 0 else None
-
-
-def timed(fn: Callable[[], object]) -> tuple[float, object]:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, out
 
 
 # ---- inputs ------------------------------------------------------------------------------------------------

@@ -29,19 +29,17 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from mufasa.measure import timed
+from mufasa.data.features import ItemFeatures
 from mufasa.data.sequences import leave_one_out
-from mufasa.data.synthetic import SyntheticConfig, generate
+from mufasa.data.synthetic import SyntheticConfig, generate, stand_in_features
 from mufasa.models.fusion import FusionConfig, MultimodalFusion
 from mufasa.training.common import resolve_device
 from mufasa.training.diagnostics import mfl_diagnostics, plot_fused_projection, plot_training_curves
@@ -49,44 +47,6 @@ from mufasa.training.mfl_trainer import MFLTrainConfig, collaborative_space, enc
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ML100K_SIDE_DIM = 93  # 19 genres + 10 year columns + 64 KG-entity dims (data/features/meta.json)
-
-
-def timed(fn: Callable[[], object]) -> tuple[float, object]:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, out
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def synthetic_features(ds, side_dim: int, seed: int, image_share: float = 0.7):
-    """Encoder stand-ins with planted signal (the same recipe as tests/test_mfl.py, side padded to side_dim)."""
-    rng = np.random.default_rng(seed)
-    g, c = ds.item_genre, ds.item_cluster
-    n, n_genres, n_clusters = len(g), int(g.max()) + 1, int(c.max()) + 1
-    words = [re.sub(r"\(\d+\)", "", t).split() for t in ds.items["title"]]
-    vocab = {w: i for i, w in enumerate(sorted({w for ws in words for w in ws}))}
-    word_vec = _unit(rng.normal(size=(len(vocab), 384)))
-    text = np.stack([word_vec[[vocab[w] for w in ws]].sum(0) for ws in words])
-    text = _unit(_unit(text) + 0.3 * _unit(rng.normal(size=(n, 384)))).astype(np.float32)
-    image = 10 * _unit(_unit(rng.normal(size=(n_genres, 1280)))[g] + _unit(rng.normal(size=(n_clusters, 1280)))[c]
-                       + _unit(rng.normal(size=(n, 1280))))
-    mask = rng.random(n) < image_share
-    image[~mask] = 0.0
-    side = np.zeros((n, side_dim), np.float32)
-    side[np.arange(n), g] = 1.0
-    years = ds.items["year"].to_numpy(dtype=float)
-    side[:, n_genres] = (years - years.mean()) / years.std()
-    ent = side_dim - n_genres - 1
-    if ent > 0:  # KG-entity-like block: cluster direction + noise
-        side[:, n_genres + 1:] = _unit(_unit(rng.normal(size=(n_clusters, ent)))[c] + _unit(rng.normal(size=(n, ent))))
-    return text, image.astype(np.float32), mask, side
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -97,7 +57,7 @@ def run(args: argparse.Namespace) -> dict:
     syn = SyntheticConfig(n_users=args.n_users, n_items=args.n_items, n_genres=8, clusters_per_genre=4,
                           min_events=20, max_events=400, seed=args.seed)
     ds = generate(syn)
-    text, image, mask, side = synthetic_features(ds, ML100K_SIDE_DIM, args.seed)
+    text, image, mask, side = stand_in_features(ds, ML100K_SIDE_DIM, args.seed).arrays()
     split = leave_one_out(ds.interactions, min_events=3)
     collab_s, (collab, collab_mask) = timed(
         lambda: collaborative_space(split.train_offsets, split.train_items, args.n_items, dim=64, seed=args.seed)
@@ -108,19 +68,19 @@ def run(args: argparse.Namespace) -> dict:
 
     torch.manual_seed(args.seed)
     untrained = MultimodalFusion(fusion).to(device)
-    tensors = [torch.as_tensor(a).to(device) for a in (text, image, mask, side)]
-    before = mfl_diagnostics(encode_items(untrained, *tensors).cpu().numpy(), text, collab, collab_mask)
+    features = ItemFeatures(text, image, mask, side)
+    tensors = features.to(device)
+    before = mfl_diagnostics(encode_items(untrained, tensors).cpu().numpy(), text, collab, collab_mask)
 
-    wall_s, result = timed(lambda: train_mfl(fusion, train_cfg, text, image, mask, side, collab, collab_mask,
-                                             ds.item_genre))
+    wall_s, result = timed(lambda: train_mfl(fusion, train_cfg, features, collab, collab_mask, ds.item_genre))
     later = result.history[1:] or result.history
     train_rate = statistics.median(r["items_per_s"] for r in later)
     epoch_wall = statistics.median(r["seconds"] for r in later)
     n_train_items = int(round(later[0]["items_per_s"] * later[0]["train_seconds"]))
 
     model = result.model
-    encode_items(model, *tensors, batch_size=args.infer_batch)  # warm-up
-    infer = [timed(lambda: encode_items(model, *tensors, batch_size=args.infer_batch))[0] for _ in range(5)]
+    encode_items(model, tensors, batch_size=args.infer_batch)  # warm-up
+    infer = [timed(lambda: encode_items(model, tensors, batch_size=args.infer_batch))[0] for _ in range(5)]
     infer_s = statistics.median(infer)
     diag_s, _ = timed(lambda: mfl_diagnostics(result.fused, text, collab, collab_mask))
 

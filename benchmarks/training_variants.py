@@ -32,7 +32,7 @@ def run_one(model: str, variant: str, overrides: dict, seed: int, threads: int) 
     from mufasa.evaluation.protocol import evaluate_protocols
     from mufasa.pipeline.params import load_params, sal_configs, sasrec_configs
     from mufasa.pipeline.paths import ProjectPaths
-    from mufasa.pipeline.train_sal import SALScorer, fit, load_inputs
+    from mufasa.pipeline.sal_model import SALScorer, fit, load_inputs
 
     torch.set_num_threads(threads)
     params = load_params(ROOT / "params.yaml")

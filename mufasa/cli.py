@@ -11,18 +11,11 @@ from pathlib import Path
 
 import typer
 
+from mufasa.pipeline.stages import STAGES  # the stage table (imports no stage module)
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="MUFASA recommender pipeline.")
 
-
-class StageName(str, Enum):
-    ingest = "ingest"
-    validate = "validate"
-    sequences = "sequences"
-    features = "features"
-    train_mfl = "train_mfl"
-    train_sal = "train_sal"
-    evaluate = "evaluate"
-    gate = "gate"
+StageName = Enum("StageName", {name: name for name in STAGES}, type=str)
 
 
 def _lock_timeout() -> float:
@@ -149,14 +142,14 @@ def report(root: Path = typer.Option(None, help="Project root.")) -> None:
     from mufasa.evaluation.report import metrics_table
 
     paths, _ = _project(root)
-    eval_path = paths.metrics_dir / "eval.json"
+    eval_path = paths.eval_metrics
     if not eval_path.is_file():
         typer.secho(f"error: {eval_path} not found: run the pipeline (make run) first", fg="red", err=True)
         raise typer.Exit(2)
     payload = json.loads(eval_path.read_text())
     protocol = payload.get("protocol", {})
     typer.echo(metrics_table(payload["models"], title=f"Test split, full ranking, {protocol}"))
-    gate_path = paths.metrics_dir / "gate.json"
+    gate_path = paths.gate_metrics
     if gate_path.is_file():
         gate = json.loads(gate_path.read_text())
         typer.echo(f"gate: version {gate['version']} {gate['decision']}; champion = version {gate['champion']}")

@@ -2,17 +2,89 @@
 
 ``params.yaml`` has one section per stage; :func:`mufasa.pipeline.params.load_params` turns it into these
 dataclasses (unknown keys and wrong types are errors, so a typo never silently falls back to a default).
-The library takes these objects, never raw dicts.
+The model and training sections are the library's own dataclasses (``SALConfig``, ``SALTrainConfig``,
+``SASRecConfig``, ``FusionConfig``, ``MFLTrainConfig``), where every field's default and reason lives. Fields that
+come from the data (item counts, feature widths) cannot be set in the file: they hold placeholders until
+:func:`mufasa.pipeline.params.sal_configs` and friends fill them with ``dataclasses.replace``. The library takes
+these objects, never raw dicts.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import dataclasses
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
+from mufasa.models.fusion import FusionConfig
+from mufasa.models.sal import SALConfig
+from mufasa.models.sasrec import SASRecConfig
+from mufasa.training.mfl_trainer import MFLTrainConfig
+from mufasa.training.sal_trainer import SALTrainConfig
+
 _STRICT = ConfigDict(extra="forbid")
+
+
+class ParamsError(ValueError):
+    """``params.yaml`` is malformed; the message names the file and the offending key."""
+
+
+def strict_dataclass(cls, raw: dict | None, where: str, **fixed):
+    """Build library dataclass ``cls`` from ``raw`` (a params.yaml section), refusing unknown keys at any depth.
+
+    ``fixed`` supplies fields that come from the data, not from params (e.g. feature dimensions); setting them
+    in params.yaml is an error too, so the file never claims something the data overrides.
+    """
+    if dataclasses.is_dataclass(raw) and isinstance(raw, cls):  # already parsed (a Params built in code)
+        return raw
+    raw = dict(raw or {})
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise ParamsError(f"params.yaml: {where}: unknown key(s) {unknown}; allowed: {sorted(set(names) - set(fixed))}")
+    clash = sorted(set(raw) & set(fixed))
+    if clash:
+        raise ParamsError(f"params.yaml: {where}: {clash} are derived from the data and cannot be set")
+    for key, value in list(raw.items()):
+        sub = names[key].type
+        sub_cls = sub if isinstance(sub, type) else None
+        if sub_cls is None and isinstance(sub, str):
+            sub_cls = getattr(__import__(cls.__module__, fromlist=["_"]), sub, None)
+        if sub_cls is not None and dataclasses.is_dataclass(sub_cls) and isinstance(value, dict):
+            raw[key] = strict_dataclass(sub_cls, value, f"{where}.{key}")
+    try:
+        return TypeAdapter(cls).validate_python({**raw, **fixed})
+    except ValidationError as exc:
+        details = "; ".join(
+            f"{where}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)
+        )
+        raise ParamsError(f"params.yaml: {details}") from exc
+    except (TypeError, ValueError) as exc:  # the dataclass's own __post_init__ checks
+        raise ParamsError(f"params.yaml: {where}: {exc}") from exc
+
+
+# Placeholders for the fields the data fills (never read before they are: sal_configs & co. replace them).
+DATA_FIELDS: dict[type, dict[str, Any]] = {
+    SALConfig: {"n_items": 1, "item_feature_dim": 1},
+    SASRecConfig: {"n_items": 1},
+    FusionConfig: {"side_dim": 1, "text_dim": 384, "image_dim": 1280},
+    SALTrainConfig: {},
+    MFLTrainConfig: {},
+}
+
+
+def _section(cls, where: str, **fixed):
+    """A pydantic field type: ``cls`` parsed strictly from its params.yaml mapping (data fields: placeholders)."""
+
+    def parse(raw):
+        return strict_dataclass(cls, raw, where, **{**DATA_FIELDS[cls], **fixed})
+
+    return Annotated[Any, BeforeValidator(parse)]
+
+
+def _default(cls, **fixed):
+    return Field(default_factory=lambda: cls(**{**DATA_FIELDS[cls], **fixed}))
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -121,8 +193,8 @@ class TrainMFLConfig:
     # Data-parallel processes (PyTorch DDP; gloo on CPU, NCCL on GPU). > 1: the stage starts itself under
     # `torchrun --standalone --nproc_per_node nproc`; train.batch_size stays the global batch. 1: in-process.
     nproc: int = Field(default=1, ge=1)
-    fusion: dict[str, Any] = Field(default_factory=dict)
-    train: dict[str, Any] = Field(default_factory=dict)
+    fusion: _section(FusionConfig, "train_mfl.fusion") = _default(FusionConfig)  # FusionConfig
+    train: _section(MFLTrainConfig, "train_mfl.train") = _default(MFLTrainConfig)  # MFLTrainConfig
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -131,8 +203,8 @@ class TrainSALConfig:
 
     # Data-parallel processes, as train_mfl.nproc (DDP under torchrun; train.batch_size stays the global batch).
     nproc: int = Field(default=1, ge=1)
-    model: dict[str, Any] = Field(default_factory=dict)
-    train: dict[str, Any] = Field(default_factory=dict)
+    model: _section(SALConfig, "train_sal.model") = _default(SALConfig)  # SALConfig
+    train: _section(SALTrainConfig, "train_sal.train") = _default(SALTrainConfig)  # SALTrainConfig
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -140,8 +212,9 @@ class SASRecBaselineConfig:
     """``evaluate.sasrec``: the reference SASRec, checked key by key against ``SASRecConfig`` (``model``) and
     ``SALTrainConfig`` (``train``). Its seed is ``train_sal.train.seed``, so a seeded comparison reseeds both."""
 
-    model: dict[str, Any] = Field(default_factory=dict)
-    train: dict[str, Any] = Field(default_factory=dict)
+    model: _section(SASRecConfig, "evaluate.sasrec.model") = _default(SASRecConfig)  # SASRecConfig
+    # SALTrainConfig; its seed is not set here: parse_params copies train_sal.train.seed into it
+    train: _section(SALTrainConfig, "evaluate.sasrec.train", seed=0) = _default(SALTrainConfig)
 
 
 Ablation = Literal["mfl_off", "dense_attention", "window_only", "no_selection", "no_compression"]

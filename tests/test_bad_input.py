@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from mufasa.data.schema import DataValidationError
-from mufasa.pipeline import stages
+from mufasa.pipeline import ingest as ingest_stage
 from mufasa.pipeline.params import load_params
 from mufasa.pipeline.paths import ProjectPaths
 from tests.conftest import write_files_params
@@ -36,7 +36,7 @@ def _setup(root: Path, inter: str | bytes = INTER_CSV, items: str | bytes = ITEM
 def valid_project(tmp_path) -> ProjectPaths:
     paths = ProjectPaths(tmp_path)
     params = _setup(tmp_path, name="good")
-    stages.ingest(params.ingest, paths)
+    ingest_stage.ingest(params.ingest, paths)
     return paths
 
 
@@ -105,7 +105,7 @@ def test_bad_input_is_rejected_with_location_and_prior_output_kept(valid_project
     before = _snapshot(valid_project)
     params = _setup(valid_project.root, inter, items, name="bad", **extra)
     with pytest.raises(DataValidationError) as err:
-        stages.ingest(params.ingest, valid_project)
+        ingest_stage.ingest(params.ingest, valid_project)
     message = str(err.value)
     matching = [p for p in err.value.problems if p.file.endswith(fname) and (column is None or p.column == column)]
     assert matching, f"no problem names {fname}/{column}: {message}"
@@ -117,7 +117,7 @@ def test_problem_rows_point_at_the_source_lines(tmp_path):
     # Line 1 is the header, so the 7th data row (index 6) is line 8.
     params = _setup(tmp_path, INTER_CSV + "1,42,1000099\n", ITEMS_CSV)
     with pytest.raises(DataValidationError) as err:
-        stages.ingest(params.ingest, ProjectPaths(tmp_path))
+        ingest_stage.ingest(params.ingest, ProjectPaths(tmp_path))
     (problem,) = err.value.problems
     assert problem.row_label == "line" and problem.rows == (8,)
     assert "line 8" in str(problem) and "'42'" in str(problem)
@@ -126,7 +126,7 @@ def test_problem_rows_point_at_the_source_lines(tmp_path):
 def test_every_problem_of_both_files_is_reported_at_once(tmp_path):
     params = _setup(tmp_path, INTER_CSV + "x,1,1\n", ITEMS_CSV.replace("title", "name"))
     with pytest.raises(DataValidationError) as err:
-        stages.ingest(params.ingest, ProjectPaths(tmp_path))
+        ingest_stage.ingest(params.ingest, ProjectPaths(tmp_path))
     files = {Path(p.file).name for p in err.value.problems}
     assert files == {"interactions.csv", "items.csv"}
 
@@ -134,14 +134,14 @@ def test_every_problem_of_both_files_is_reported_at_once(tmp_path):
 def test_rename_and_delimiter_params_fix_the_input(tmp_path):
     inter = INTER_CSV.replace("user_id", "userId").replace(",", ";")
     params = _setup(tmp_path, inter, ITEMS_CSV.replace(",", ";"), sep=";", rename={"userId": "user_id"})
-    result = stages.ingest(params.ingest, ProjectPaths(tmp_path))
+    result = ingest_stage.ingest(params.ingest, ProjectPaths(tmp_path))
     assert result.metrics["n_interactions"] == 6 and result.metrics["n_items"] == 3
 
 
 def test_latin1_file_reads_when_encoding_is_declared(tmp_path):
     items = "item_id,title,genres,year\n1,Am\xe9lie,Comedy,2001\n2,B,Drama,2000\n3,C,Drama,2000\n".encode("latin-1")
     params = _setup(tmp_path, INTER_CSV, items, encoding="latin-1")
-    stages.ingest(params.ingest, ProjectPaths(tmp_path))
+    ingest_stage.ingest(params.ingest, ProjectPaths(tmp_path))
     titles = pd.read_parquet(ProjectPaths(tmp_path).raw_items)["title"].tolist()
     assert titles[0] == "Amélie"
 
@@ -155,6 +155,6 @@ def test_parquet_input_reports_rows_not_lines(tmp_path):
     pd.DataFrame({"item_id": [1, 2], "title": ["A", "B"]}).to_parquet(folder / "t.parquet")
     write_files_params(tmp_path, "data/input/i.parquet", "data/input/t.parquet", image_root=None)
     with pytest.raises(DataValidationError) as err:
-        stages.ingest(load_params(tmp_path / "params.yaml").ingest, ProjectPaths(tmp_path))
+        ingest_stage.ingest(load_params(tmp_path / "params.yaml").ingest, ProjectPaths(tmp_path))
     (problem,) = err.value.problems
     assert problem.column == "item_id" and problem.row_label == "row" and problem.rows == (2,)

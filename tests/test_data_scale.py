@@ -14,7 +14,10 @@ from mufasa.data import public
 from mufasa.data import sequences as seq
 from mufasa.data.io import iter_parquet_frames, write_parquet
 from mufasa.data.scale import T0, T1, user_lengths, write_movielens_csv
-from mufasa.pipeline import stages, validation
+from mufasa.pipeline import validation
+from mufasa.pipeline import ingest as ingest_stage
+from mufasa.pipeline import sequences as sequences_stage
+from mufasa.pipeline import validate as validate_stage
 from mufasa.pipeline.paths import ProjectPaths
 
 NOW = 1_700_000_000
@@ -43,7 +46,7 @@ def test_scale_generator_writes_a_valid_deterministic_movielens_csv_release(tmp_
     assert (np.diff(keys[:, 0]) >= 0).all()
     assert not interactions.groupby("user_id")["timestamp"].is_monotonic_increasing.all()
     assert items["year"].notna().all() and (items["title"].str.len() > 0).all()
-    stages.validate_frames(interactions, items, sources, NOW)  # passes the interactions and items suites
+    ingest_stage.validate_frames(interactions, items, sources, NOW)  # passes the interactions and items suites
 
 
 def test_user_lengths_sum_exactly_and_respect_the_minimum():
@@ -59,10 +62,10 @@ def test_a_scale_release_goes_through_ingest_validate_and_sequences(tmp_path):
     ds = write_movielens_csv(tmp_path / "data", 20_000, seed=0)
     cfg = IngestConfig(source="movielens-csv", now=NOW, movielens_csv=MovieLensCsvSource(path=str(ds.folder)))
     paths = ProjectPaths(tmp_path / "project")
-    ingested = stages.ingest(cfg, paths)
+    ingested = ingest_stage.ingest(cfg, paths)
     assert ingested.metrics["n_interactions"] == 20_000
-    assert stages.validate(cfg, paths).metrics["interactions_expectations_failed"] == 0
-    result = stages.sequences(SequencesConfig(min_events=3), paths)
+    assert validate_stage.validate(cfg, paths).metrics["interactions_expectations_failed"] == 0
+    result = sequences_stage.sequences(SequencesConfig(min_events=3), paths)
     assert result.metrics["n_train_events"] + result.metrics["n_valid"] + result.metrics["n_test"] == 20_000
 
 
@@ -134,7 +137,7 @@ def test_unknown_item_errors_name_file_column_and_row_through_the_batched_valida
     write_parquet(items, paths.raw_items)
     monkeypatch.setattr(validation, "CHUNK_ROWS", 97)
     with pytest.raises(validation.DataValidationError) as err:
-        stages.validate(IngestConfig(now=NOW), paths)
+        validate_stage.validate(IngestConfig(now=NOW), paths)
     (problem,) = err.value.problems
     assert problem.file == str(paths.raw_interactions) and problem.column == "item_id"
     assert "not in the items table" in problem.message and "5 row(s)" in problem.message

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from dataclasses import asdict, replace
 from datetime import timedelta
@@ -24,11 +23,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from mufasa.data.features import ItemFeatures
 from mufasa.models.fusion import FusionConfig
 from mufasa.models.sal import SALConfig
 from mufasa.training import distributed
 from mufasa.training.mfl_trainer import MFLTrainConfig, train_mfl
 from mufasa.training.sal_trainer import SALTrainConfig, train_sal
+from tests.helpers import free_port
 
 WORLD = 2
 SAL_EPOCHS, MFL_EPOCHS = 3, 3
@@ -111,7 +112,9 @@ def run_both(folder: Path, rank: int) -> dict:
         first = train_sal(SAL_MODEL, replace(SAL_TRAIN, epochs=2), seqs, targets, feats, folder / "sal", on_metrics)
         sal = train_sal(SAL_MODEL, SAL_TRAIN, seqs, targets, feats, folder / "sal", on_metrics)
     with StepRecorder() as mfl_steps:
-        mfl = train_mfl(FUSION, MFL_TRAIN, *mfl_data(), checkpoint_dir=folder / "mfl", on_metrics=on_metrics)
+        data = mfl_data()
+        mfl = train_mfl(FUSION, MFL_TRAIN, ItemFeatures(*data[:4]), *data[4:], checkpoint_dir=folder / "mfl",
+                        on_metrics=on_metrics)
     return {
         "sal_first_epochs": first.epochs_run,
         "sal_resumed_from": sal.resumed_from,
@@ -138,12 +141,6 @@ def _worker(rank: int, port: int, folder: str) -> None:
     torch.save(out, Path(folder) / f"rank{rank}.pt")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The same training in one process and in two DDP processes (timed, for the report in the test output)."""
@@ -153,7 +150,7 @@ def runs(tmp_path_factory):
     t0 = time.perf_counter()
     single = run_both(single_dir, 0)
     t1 = time.perf_counter()
-    mp.spawn(_worker, args=(_free_port(), str(ddp_dir)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(ddp_dir)), nprocs=WORLD, join=True)
     t2 = time.perf_counter()
     print(f"1 process: {t1 - t0:.1f} s; 2 DDP processes (spawn included): {t2 - t1:.1f} s")
     ranks = [torch.load(ddp_dir / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]

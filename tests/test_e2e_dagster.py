@@ -4,32 +4,24 @@ registered champion in MLflow and a clean `dvc status`."""
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import requests
 from dagster_graphql import DagsterGraphQLClient
 from mlflow import MlflowClient
 
+from tests.helpers import free_port, stop_process_group, wait_for_http
 from tests.conftest import dvc_executable, run_ok
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def dagster_dev(clone, tmp_path):
-    port = _free_port()
+    port = free_port()
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
@@ -51,26 +43,10 @@ def dagster_dev(clone, tmp_path):
         start_new_session=True,  # its own process group: the daemon and code server stop with it
     )
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/server_info", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            if proc.poll() is not None:
-                pytest.fail(f"dagster dev exited early:\n{(tmp_path / 'dagster_dev.log').read_text()[-3000:]}")
-            time.sleep(1)
-        else:
-            pytest.fail("dagster dev did not come up within 180 s")
+        wait_for_http(f"http://127.0.0.1:{port}/server_info", proc, tmp_path / "dagster_dev.log", 180, "dagster dev")
         yield port, clone, tmp_path / "dagster_dev.log"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_process_group(proc)
         log.close()
 
 

@@ -12,7 +12,7 @@ import torch
 from mufasa.data import sequences as seq
 from mufasa.evaluation.gate import decide
 from mufasa.evaluation.metrics import metrics_from_ranks, target_ranks
-from mufasa.evaluation.protocol import Histories, PopularityScorer, evaluate, load_eval_data
+from mufasa.evaluation.protocol import PopularityScorer, evaluate, load_eval_data
 
 
 def test_ranks_and_metrics_by_hand():

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import warnings
@@ -26,6 +25,7 @@ from mufasa.data.io import file_md5, tree_md5
 from mufasa.models.sasrec import SASRecConfig
 from mufasa.training.common import Checkpointer, CheckpointWarning
 from mufasa.training.sal_trainer import SALTrainConfig, train_sal
+from tests.helpers import free_port
 from tests.conftest import REPO, synthetic_params_dict, tool_env
 
 runner = CliRunner()
@@ -171,17 +171,11 @@ def test_a_damaged_stage_input_is_named_with_its_recovery_and_nothing_is_written
 # ---- tracking and registry outages --------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("scheme", ["http", "postgresql"])
 def test_an_unreachable_tracking_store_fails_the_stage_at_once_with_one_message(built, tmp_path, monkeypatch, scheme):
     root = tmp_path / "p"
     shutil.copytree(built, root)
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     uri = {"http": f"http://127.0.0.1:{port}",
            "postgresql": f"postgresql+psycopg2://mufasa:secret@127.0.0.1:{port}/mlflow"}[scheme]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

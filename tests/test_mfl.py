@@ -9,14 +9,14 @@ genres/clusters/titles.
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 import pytest
 import torch
 
 from mufasa.data.sequences import leave_one_out, order_events
-from mufasa.data.synthetic import SyntheticConfig, generate
+from mufasa.data.synthetic import SyntheticConfig, generate, stand_in_features
+from mufasa.data.features import ItemFeatures
 from mufasa.models.fusion import FusionConfig, MultimodalFusion
 from mufasa.models.mfl_losses import (
     MFLLossWeights,
@@ -55,44 +55,10 @@ one_torch_thread = pytest.fixture(scope="module", autouse=True)(exact_single_thr
 # ---- synthetic multimodal catalogue --------------------------------------------------------------------------
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def synthetic_features(ds, seed: int = 0, image_share: float = 0.7, text_noise: float = 0.3):
-    """Stand-ins for the frozen encoders that carry the generator's planted signal (plus noise).
-
-    text: bag of random word vectors over the generated titles (titles are built from genre/cluster word lists,
-    so shared words = related items, as MiniLM would see them) + noise, unit rows; image: genre + cluster +
-    item directions scaled like CNN activations, zero rows for the ~30% items without an image; side: primary
-    genre one-hot + standardised year.
-    """
-    rng = np.random.default_rng(seed)
-    g, c = ds.item_genre, ds.item_cluster
-    n, n_genres, n_clusters = len(g), int(g.max()) + 1, int(c.max()) + 1
-    words = [re.sub(r"\(\d+\)", "", t).split() for t in ds.items["title"]]
-    vocab = {w: i for i, w in enumerate(sorted({w for ws in words for w in ws}))}
-    word_vec = _unit(rng.normal(size=(len(vocab), 384)))
-    text = np.stack([word_vec[[vocab[w] for w in ws]].sum(0) for ws in words])
-    text = _unit(_unit(text) + text_noise * _unit(rng.normal(size=(n, 384)))).astype(np.float32)
-    image = 10 * _unit(
-        _unit(rng.normal(size=(n_genres, 1280)))[g]
-        + _unit(rng.normal(size=(n_clusters, 1280)))[c]
-        + _unit(rng.normal(size=(n, 1280)))
-    )
-    mask = rng.random(n) < image_share
-    image[~mask] = 0.0
-    side = np.zeros((n, n_genres + 1), np.float32)
-    side[np.arange(n), g] = 1.0
-    years = ds.items["year"].to_numpy(dtype=float)
-    side[:, n_genres] = (years - years.mean()) / years.std()
-    return text, image.astype(np.float32), mask, side
-
-
 @pytest.fixture(scope="module")
 def catalogue():
     ds = generate(SyntheticConfig(n_users=300, n_items=480, n_genres=6, clusters_per_genre=4, seed=0))
-    text, image, mask, side = synthetic_features(ds)
+    text, image, mask, side = stand_in_features(ds).arrays()
     split = leave_one_out(ds.interactions, min_events=3)
     collab, collab_mask = collaborative_space(split.train_offsets, split.train_items, len(ds.items))
     return {"ds": ds, "text": text, "image": image, "mask": mask, "side": side, "split": split,
@@ -103,7 +69,7 @@ def catalogue():
 def tiny():
     """A small catalogue for the loop mechanics (resume, determinism): seconds, not tens of seconds."""
     ds = generate(SyntheticConfig(n_users=60, n_items=120, n_genres=3, clusters_per_genre=2, max_events=60, seed=1))
-    text, image, mask, side = synthetic_features(ds, seed=1)
+    text, image, mask, side = stand_in_features(ds, seed=1).arrays()
     split = leave_one_out(ds.interactions, min_events=3)
     collab, collab_mask = collaborative_space(split.train_offsets, split.train_items, 120, dim=16)
     fusion = FusionConfig(side_dim=side.shape[1], d_model=32, out_dim=16, collab_dim=16, n_heads=2)
@@ -405,12 +371,12 @@ def test_training_raises_title_and_collaborative_knn_overlap(catalogue, tmp_path
     fusion = FusionConfig(side_dim=c["side"].shape[1])
     torch.manual_seed(0)
     untrained = MultimodalFusion(fusion)
-    fused0 = encode_items(untrained, *_tensors(c["text"], c["image"], c["mask"], c["side"])).numpy()
+    fused0 = encode_items(untrained, ItemFeatures(*_tensors(c["text"], c["image"], c["mask"], c["side"]))).numpy()
     before = mfl_diagnostics(fused0, c["text"], c["collab"], c["collab_mask"])
 
     seen = []
     cfg = MFLTrainConfig(epochs=25, batch_size=128, patience=25, seed=0, device=device, progress=False)
-    result = train_mfl(fusion, cfg, c["text"], c["image"], c["mask"], c["side"], c["collab"], c["collab_mask"],
+    result = train_mfl(fusion, cfg, ItemFeatures(c["text"], c["image"], c["mask"], c["side"]), c["collab"], c["collab_mask"],
                        c["genres"], checkpoint_dir=tmp_path, on_metrics=lambda step, m: seen.append((step, m)))
     after = result.diagnostics
     assert after["title_knn_overlap"] > before["title_knn_overlap"] + 0.15, (before, after)
@@ -419,7 +385,7 @@ def test_training_raises_title_and_collaborative_knn_overlap(catalogue, tmp_path
     # The result is consistent: fused = the returned (best) model in eval mode over all items, unit rows.
     assert result.fused.shape == (len(c["text"]), 64) and result.fused.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(result.fused, axis=1), 1.0, rtol=1e-5)
-    refused = encode_items(result.model, *_tensors(c["text"], c["image"], c["mask"], c["side"], device=device))
+    refused = encode_items(result.model, ItemFeatures(*_tensors(c["text"], c["image"], c["mask"], c["side"], device=device)))
     refused = refused.cpu().numpy()
     np.testing.assert_allclose(refused, result.fused, atol=1e-6)
     # History, callback and the best epoch agree.
@@ -433,7 +399,7 @@ def test_training_raises_title_and_collaborative_knn_overlap(catalogue, tmp_path
 def _run(tiny, epochs, ckpt=None, seed=0, device="cpu", **kw):
     fusion, arrays = tiny
     cfg = MFLTrainConfig(epochs=epochs, batch_size=32, patience=50, seed=seed, device=device, progress=False, **kw)
-    return train_mfl(fusion, cfg, *arrays, checkpoint_dir=ckpt)
+    return train_mfl(fusion, cfg, ItemFeatures(*arrays[:4]), *arrays[4:], checkpoint_dir=ckpt)
 
 
 def _gap(a, b) -> float:
@@ -497,20 +463,24 @@ def test_title_only_without_collaborative_loss(tiny, device):
     cfg = MFLTrainConfig(epochs=2, batch_size=32, device=device, progress=False,
                          losses=MFLLossWeights(semantic=0.0, collaborative=0.0))
     title_only = FusionConfig(side_dim=0, d_model=32, out_dim=16, collab_dim=0, n_heads=2, modalities=("text",))
-    result = train_mfl(title_only, cfg, text, None, None, None, None, None, genres)
+    result = train_mfl(title_only, cfg, ItemFeatures(text), None, None, genres)
     assert set(result.history[0]) >= {"structure", "uniformity"} and "semantic" not in result.history[0]
     assert "collab_knn_overlap" not in result.diagnostics and result.fused.shape == (len(text), 16)
     with pytest.raises(ValueError, match="collab_dim is 0"):
-        train_mfl(title_only, MFLTrainConfig(epochs=1, device="cpu", progress=False), text, None, None, None,
-                  None, None, genres)
+        train_mfl(title_only, MFLTrainConfig(epochs=1, device="cpu", progress=False), ItemFeatures(text), None, None,
+                  genres)
 
 
 def test_bad_inputs_raise_clear_errors(tiny):
     fusion, (text, image, mask, side, collab, cmask, genres) = tiny
     cfg = MFLTrainConfig(epochs=1, batch_size=32, device="cpu", progress=False)
     with pytest.raises(ValueError, match="wrong shapes"):
-        train_mfl(fusion, cfg, text, image[:-1], mask, side, collab, cmask, genres)
+        train_mfl(fusion, cfg, ItemFeatures(text, image[:, :-1], mask, side), collab, cmask, genres)
+    with pytest.raises(ValueError, match="disagree on the number of items"):
+        ItemFeatures(text, image[:-1], mask, side)
+    with pytest.raises(ValueError, match="come together"):
+        ItemFeatures(text, image, None, side)
     bad = text.copy()
     bad[3, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        train_mfl(fusion, cfg, bad, image, mask, side, collab, cmask, genres)
+        train_mfl(fusion, cfg, ItemFeatures(bad, image, mask, side), collab, cmask, genres)

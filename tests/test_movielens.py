@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from mufasa.data.movielens import load_ml100k, load_ml100k_kg, ml100k_dir
-from mufasa.pipeline import stages
+from mufasa.pipeline import ingest as ingest_stage
+from mufasa.pipeline import sequences as sequences_stage
 from mufasa.pipeline.params import parse_params
 
 
@@ -43,9 +44,9 @@ def test_ingest_and_sequences_on_ml100k(tmp_path):
 
     paths = ProjectPaths(tmp_path)
     params = parse_params({})
-    result = stages.ingest(params.ingest, paths)
+    result = ingest_stage.ingest(params.ingest, paths)
     assert result.metrics["n_interactions"] == 100_000
-    seq = stages.sequences(params.sequences, paths)
+    seq = sequences_stage.sequences(params.sequences, paths)
     assert seq.metrics["n_test"] == 943 and seq.metrics["n_valid"] == 943
     assert seq.metrics["n_train_events"] == 100_000 - 2 * 943
     stored = pd.read_parquet(paths.raw_interactions)

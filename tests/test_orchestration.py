@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pandas as pd
-import pytest
 import yaml
 from dagster import AssetKey, Definitions
 from mlflow import MlflowClient
 
 from mufasa.data.io import write_parquet
-from mufasa.pipeline import stages
+from mufasa.pipeline import ingest as ingest_stage
 from orchestration import definitions
 from orchestration.defs.resources import DvcResource, MlflowTracking, MufasaProject
 
@@ -111,7 +110,7 @@ def test_bad_dataset_stops_the_run_and_writes_nothing(project):
 
 def test_blocking_check_stops_downstream_when_stored_data_is_bad(project, monkeypatch):
     """If ingest ever wrote bad data (a bug, a hand edit), the blocking check must stop user_sequences."""
-    real_ingest = stages.ingest
+    real_ingest = ingest_stage.ingest
 
     def buggy_ingest(cfg, paths):
         result = real_ingest(cfg, paths)
@@ -119,7 +118,7 @@ def test_blocking_check_stops_downstream_when_stored_data_is_bad(project, monkey
         write_parquet(pd.concat([items, items.head(1)]), paths.raw_items)  # duplicate item id
         return result
 
-    monkeypatch.setattr(stages, "ingest", buggy_ingest)
+    monkeypatch.setattr(ingest_stage, "ingest", buggy_ingest)
     result = _job(project.root).execute_in_process(raise_on_error=False)
     assert _checks(result)["items_suite"] is False
     assert _checks(result)["interactions_suite"] is True

@@ -11,11 +11,8 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -24,6 +21,7 @@ import yaml
 
 from mufasa.config import TrackingConfig
 from mufasa.pipeline.tracking import Tracker, default_tracking_uri
+from tests.helpers import free_port, stop_process_group, wait_for_http
 from tests.conftest import REPO, synthetic_params_dict
 
 SCRIPT = REPO / "scripts" / "postgres.sh"
@@ -97,12 +95,6 @@ def _exports(stdout: str) -> dict[str, str]:
     return dict(pairs)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def postgres():
     """The script's server (started if it is not running; stopped afterwards only then), with two fresh databases
@@ -141,23 +133,11 @@ def postgres():
             _script("stop")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
 @pytest.fixture
 def mlflow_server(postgres, tmp_path):
     """``mlflow server`` on 127.0.0.1 with the PostgreSQL backend store and artifacts proxied into a temp folder."""
-    import requests
 
-    port, artifacts, log_path = _free_port(), tmp_path / "mlflow-artifacts", tmp_path / "mlflow-server.log"
+    port, artifacts, log_path = free_port(), tmp_path / "mlflow-artifacts", tmp_path / "mlflow-server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
     log = open(log_path, "w")
     proc = subprocess.Popen(
@@ -170,19 +150,11 @@ def mlflow_server(postgres, tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120  # the first start creates the schema (alembic migrations)
-        while True:
-            try:
-                if requests.get(f"{url}/health", timeout=5).ok:
-                    break
-            except requests.RequestException:  # not listening yet, or busy migrating the schema
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"mlflow server did not come up:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
+        # the first start creates the schema (alembic migrations)
+        wait_for_http(f"{url}/health", proc, log_path, 120, "mlflow server")
         yield url, artifacts, log_path
     finally:
-        _stop(proc)
+        stop_process_group(proc)
         log.close()
 
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from mufasa.cli import app
 from mufasa.data.public import load_amazon_2023, load_movielens_1m, load_movielens_csv, split_title_year
 from mufasa.data.schema import DataValidationError
-from mufasa.pipeline import stages
+from mufasa.pipeline import ingest as ingest_stage
 from mufasa.pipeline.fingerprint import source_fingerprint
 from mufasa.pipeline.params import load_params
 from mufasa.pipeline.paths import ProjectPaths
@@ -295,7 +295,7 @@ def test_ingest_stage_accepts_each_public_format(tmp_path):
     for source, (n_inter, n_items) in expected.items():
         section = {"image_root": "data/input/amazon-2023/images"} if source == "amazon-2023" else {}
         write_params(tmp_path, source, **section)
-        result = stages.ingest(load_params(tmp_path / "params.yaml").ingest, paths)
+        result = ingest_stage.ingest(load_params(tmp_path / "params.yaml").ingest, paths)
         stored_items = pd.read_parquet(paths.raw_items)
         stored_inter = pd.read_parquet(paths.raw_interactions)
         assert (len(stored_inter), len(stored_items)) == (n_inter, n_items), source
@@ -317,7 +317,7 @@ def test_ingest_stage_locates_value_errors_in_the_source_lines(tmp_path):
     write_amazon(tmp_path / "data" / "input" / "amazon-2023", reviews=jsonl(rows))
     write_params(tmp_path, "amazon-2023")
     with pytest.raises(DataValidationError) as err:
-        stages.ingest(load_params(tmp_path / "params.yaml").ingest, ProjectPaths(tmp_path))
+        ingest_stage.ingest(load_params(tmp_path / "params.yaml").ingest, ProjectPaths(tmp_path))
     problem = only_problem(err.value, "All_Beauty.jsonl", "timestamp")
     assert "in the future" in problem.message and problem.rows == (4,) and problem.row_label == "line"
     assert not ProjectPaths(tmp_path).raw_items.exists()
@@ -348,7 +348,7 @@ def test_fingerprint_covers_the_public_files_and_only_the_active_section(tmp_pat
 def test_missing_files_name_the_path_and_where_to_download(tmp_path, source, expected_file, url):
     write_params(tmp_path, source)
     with pytest.raises(DataValidationError) as err:
-        stages.ingest(load_params(tmp_path / "params.yaml").ingest, ProjectPaths(tmp_path))
+        ingest_stage.ingest(load_params(tmp_path / "params.yaml").ingest, ProjectPaths(tmp_path))
     problem = only_problem(err.value, expected_file, None)
     assert problem.file == str(tmp_path / expected_file)
     assert "file not found" in problem.message and url in problem.message

@@ -20,7 +20,7 @@ from mufasa.pipeline.params import parse_params
 from mufasa.pipeline.paths import ProjectPaths
 from mufasa.pipeline.registry import CHAMPION, alias_version, load_recommender
 from mufasa.pipeline.tracking import Tracker
-from mufasa.pipeline.train_sal import load_inputs
+from mufasa.pipeline.sal_model import load_inputs
 from tests.conftest import REPO, synthetic_params_dict
 
 NAME = "mufasa-sal"
@@ -178,7 +178,7 @@ def test_benchmark_resumes_runs_only_what_is_missing_and_refuses_another_budget(
 
     train = params.evaluate.sasrec.train
     other = dataclasses.replace(params, evaluate=dataclasses.replace(
-        params.evaluate, sasrec=dataclasses.replace(params.evaluate.sasrec, train={**train, "lr": train["lr"] * 2})))
+        params.evaluate, sasrec=dataclasses.replace(params.evaluate.sasrec, train=dataclasses.replace(train, lr=train.lr * 2))))
     with pytest.raises(ValueError, match="sasrec.lr"):
         run_benchmark(other, paths, [0], out, models=("sasrec",), resume=True)
 

@@ -25,7 +25,7 @@ def test_shipped_sasrec_has_the_reference_settings():
     assert (model.dropout, model.attn_dropout, model.max_len) == (0.5, 0.5, 200)
     assert (train.lr, train.weight_decay, train.grad_clip, train.patience, train.eval_every) == (1e-3, 0.0, None, 10, 1)
     # seeded as MUFASA, so a seeded comparison reseeds both
-    assert train.seed == _shipped().train_sal.train["seed"]
+    assert train.seed == _shipped().train_sal.train.seed
 
 
 def test_sasrec_is_id_only():

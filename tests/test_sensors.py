@@ -6,7 +6,7 @@ from __future__ import annotations
 import yaml
 from dagster import RunRequest, SkipReason, build_sensor_context
 
-from mufasa.pipeline import stages
+from mufasa.pipeline import ingest as ingest_stage
 from mufasa.pipeline.params import load_params
 from orchestration.defs.resources import MufasaProject
 from orchestration.defs.sensors import raw_data_sensor
@@ -43,7 +43,7 @@ def test_fires_once_on_new_data_then_skips(tmp_path):
 
 def test_first_tick_skips_when_the_data_is_already_ingested(tmp_path):
     project = _files_project(tmp_path)
-    stages.ingest(load_params(tmp_path / "params.yaml").ingest, project.paths)
+    ingest_stage.ingest(load_params(tmp_path / "params.yaml").ingest, project.paths)
     result, cursor = _tick(project)
     assert isinstance(result, SkipReason)
     assert cursor is not None  # the baseline is recorded, so a later change fires

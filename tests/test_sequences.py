@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mufasa.data import sequences as seq
-from mufasa.pipeline import stages
+from mufasa.pipeline import ingest as ingest_stage
+from mufasa.pipeline import sequences as sequences_stage
 from mufasa.pipeline.validation import check_sequences
 
 
@@ -109,8 +110,8 @@ def test_suite_catches_lost_events_and_disorder():
 
 
 def test_sequences_stage_writes_split_and_metrics(project, small_params):
-    stages.ingest(small_params.ingest, project)
-    result = stages.sequences(small_params.sequences, project)
+    ingest_stage.ingest(small_params.ingest, project)
+    result = sequences_stage.sequences(small_params.sequences, project)
     assert result.metrics["n_test"] == small_params.ingest.synthetic.n_users
     assert (project.sequences_dir / "train.parquet").is_file()
-    assert stages.check_sequences(project).success
+    assert sequences_stage.check_sequences(project).success

@@ -23,6 +23,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mufasa.measure import peak_memory_mb
 from mufasa.models.sparse_attention import (
     DenseCausalAttention,
     MultiGranularitySparseAttention,
@@ -336,30 +337,6 @@ def test_bad_inputs_are_rejected():
         module(x, right_padded)
     with pytest.raises(ValueError, match=r"\(B, L, 16\)"):
         module(x[..., :8], torch.ones(2, 10, dtype=torch.bool))
-
-
-def peak_memory_mb(fn, device: str = "cpu") -> float:
-    """Peak memory (MB) allocated by torch while ``fn`` runs beyond what was allocated before: on CPU from the
-    profiler's allocation events, on CUDA from the caching allocator's peak statistics."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - before) / 2**20
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted(
-        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
-    )
-    current = peak = 0
-    for e in events:
-        current += e.nbytes()
-        peak = max(peak, current)
-    return peak / 2**20
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mufasa.pipeline import stages
+from mufasa.pipeline import train_mfl as train_mfl_stage
 from mufasa.pipeline.params import ParamsError, parse_params
 from mufasa.pipeline.paths import ProjectPaths
 from tests.conftest import synthetic_params_dict
@@ -34,7 +35,7 @@ def test_train_mfl_writes_unit_fused_vectors_model_and_reports(prepared):
     assert (paths.reports_dir / "mfl" / "curves.png").stat().st_size > 1000
     assert {s for s, _ in curves} >= {1, 2, 3}  # one row per epoch reached the tracker
     assert "diag_effective_rank" in result.metrics
-    assert stages.fused_space_health(paths)["passed"]
+    assert train_mfl_stage.fused_space_health(paths)["passed"]
     assert not (paths.root / "checkpoints" / "train_mfl").exists() or not any(
         (paths.root / "checkpoints" / "train_mfl").iterdir()
     )
@@ -43,7 +44,7 @@ def test_train_mfl_writes_unit_fused_vectors_model_and_reports(prepared):
 def test_collapsed_fused_space_fails_the_health_check(prepared, tmp_path):
     import shutil
 
-    from mufasa.pipeline.features import save_npy
+    from mufasa.data.io import save_npy
 
     paths, params = prepared
     stages.run_stage("train_mfl", params, paths)
@@ -51,7 +52,7 @@ def test_collapsed_fused_space_fails_the_health_check(prepared, tmp_path):
     shutil.copytree(paths.root / "data", copy.root / "data")
     fused = np.load(copy.root / "data" / "fused" / "items.npy")
     save_npy(np.tile(fused[:1], (len(fused), 1)), copy.root / "data" / "fused" / "items.npy")  # all identical
-    health = stages.fused_space_health(copy)
+    health = train_mfl_stage.fused_space_health(copy)
     assert not health["passed"] and health["effective_rank"] < 2
 
 
@@ -65,7 +66,7 @@ def test_mfl_off_writes_zero_width_vectors(prepared, tmp_path):
     raw["train_mfl"]["enabled"] = False
     stages.run_stage("train_mfl", parse_params(raw), copy)
     assert np.load(copy.root / "data" / "fused" / "items.npy").shape == (60, 0)
-    assert stages.fused_space_health(copy)["passed"]
+    assert train_mfl_stage.fused_space_health(copy)["passed"]
 
 
 def test_unknown_model_keys_fail_at_parse_time():

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 from mufasa.pipeline import stages
 from mufasa.pipeline.params import parse_params
 from mufasa.pipeline.tracking import Tracker
-from mufasa.pipeline.train_sal import load_inputs
+from mufasa.pipeline.sal_model import load_inputs
 from mufasa.pipeline.tune import SPACE, ValidationOnly, run_tune, with_values
 from tests.conftest import synthetic_params_dict
 
@@ -50,7 +50,7 @@ def test_values_reach_the_model_and_training_configs(prepared):
                              "mfl.train.epochs": 7, "mfl.losses.collaborative": 2.5})
     model, train = sal_configs(p, n_items=10, item_feature_dim=4)
     assert (model.dropout, model.fused_in_output, train.lr) == (0.33, False, 0.002)
-    assert model.window == params.train_sal.model["window"]  # untouched keys stay
+    assert model.window == params.train_sal.model.window  # untouched keys stay
     _, mfl_train = mfl_configs(p, side_dim=3)
     assert mfl_train.epochs == 7 and mfl_train.losses.collaborative == 2.5
     assert mfl_train.losses.semantic == mfl_configs(params, side_dim=3)[1].losses.semantic
@@ -59,11 +59,11 @@ def test_values_reach_the_model_and_training_configs(prepared):
 
 
 def test_tune_runs_trials_on_validation_only_and_tracks_each(prepared, tmp_path, monkeypatch):
-    import mufasa.pipeline.train_sal as train_sal_module
+    import mufasa.pipeline.sal_model as sal_model_module
 
     paths, params = prepared
     # every trial trains on a data object whose test split raises on access (and the trials still succeed)
-    original, seen = train_sal_module.train_variant, []
+    original, seen = sal_model_module.train_variant, []
 
     def guarded_train_variant(p, inputs, *args, **kwargs):
         seen.append(type(inputs.data).__name__)
@@ -71,7 +71,7 @@ def test_tune_runs_trials_on_validation_only_and_tracks_each(prepared, tmp_path,
             _ = inputs.data.test
         return original(p, inputs, *args, **kwargs)
 
-    monkeypatch.setattr(train_sal_module, "train_variant", guarded_train_variant)
+    monkeypatch.setattr(sal_model_module, "train_variant", guarded_train_variant)
     out = tmp_path / "tune"
     payload = run_tune(params, paths, out, n_trials=2, seed=0, workers=1, tracking=True, study_name="t")
     assert len(payload["trials"]) == 2 and seen == ["ValidationOnly", "ValidationOnly"]

@@ -237,6 +237,14 @@ def write_json(obj: Any, dest: Path) -> Path:
     return Path(dest)
 
 
+def save_npy(array: np.ndarray, dest: Path) -> Path:
+    """Write one array as ``.npy`` atomically (no pickles; the same array gives the same bytes)."""
+    with atomic_path(Path(dest)) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+    return Path(dest)
+
+
 def write_text(text: str, dest: Path) -> Path:
     with atomic_path(Path(dest)) as tmp:
         tmp.write_text(text)

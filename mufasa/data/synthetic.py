@@ -48,6 +48,7 @@ loop), so 10M events take seconds and memory stays at a few int64 columns.
 from __future__ import annotations
 
 import colorsys
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -57,6 +58,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 __all__ = [
+    "stand_in_features",
     "SyntheticConfig",
     "SyntheticDataset",
     "generate",
@@ -606,3 +608,50 @@ def write_files(
         paths["images"] = out_dir / "images"
         write_images(dataset, paths["images"], config)
     return paths
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def stand_in_features(dataset: SyntheticDataset, side_dim: int | None = None, seed: int = 0,
+                      image_share: float = 0.7, text_noise: float = 0.3):
+    """Stand-ins for the frozen encoders that carry the generator's planted signal (plus noise), for tests and
+    benchmarks of the fusion layer that must not load the real encoders.
+
+    text (N, 384): bag of random word vectors over the generated titles (titles are built from genre/cluster
+    word lists, so shared words = related items, as MiniLM would see them) + noise, unit rows; image (N, 1280):
+    genre + cluster + item directions scaled like CNN activations, zero rows for the ~``1 - image_share`` items
+    without an image; side: primary-genre one-hot + standardised year, padded to ``side_dim`` (default: no
+    padding) with a knowledge-graph-like block (cluster direction + noise). Returns
+    :class:`~mufasa.data.features.ItemFeatures`.
+    """
+    from mufasa.data.features import ItemFeatures
+
+    rng = np.random.default_rng(seed)
+    g, c = dataset.item_genre, dataset.item_cluster
+    n, n_genres, n_clusters = len(g), int(g.max()) + 1, int(c.max()) + 1
+    words = [re.sub(r"\(\d+\)", "", t).split() for t in dataset.items["title"]]
+    vocab = {w: i for i, w in enumerate(sorted({w for ws in words for w in ws}))}
+    word_vec = _unit_rows(rng.normal(size=(len(vocab), 384)))
+    text = np.stack([word_vec[[vocab[w] for w in ws]].sum(0) for ws in words])
+    text = _unit_rows(_unit_rows(text) + text_noise * _unit_rows(rng.normal(size=(n, 384)))).astype(np.float32)
+    image = 10 * _unit_rows(
+        _unit_rows(rng.normal(size=(n_genres, 1280)))[g]
+        + _unit_rows(rng.normal(size=(n_clusters, 1280)))[c]
+        + _unit_rows(rng.normal(size=(n, 1280)))
+    )
+    mask = rng.random(n) < image_share
+    image[~mask] = 0.0
+    side_dim = n_genres + 1 if side_dim is None else side_dim
+    if side_dim < n_genres + 1:
+        raise ValueError(f"side_dim {side_dim} < {n_genres + 1} (genres + year)")
+    side = np.zeros((n, side_dim), np.float32)
+    side[np.arange(n), g] = 1.0
+    years = dataset.items["year"].to_numpy(dtype=float)
+    side[:, n_genres] = (years - years.mean()) / years.std()
+    extra = side_dim - n_genres - 1
+    if extra > 0:
+        side[:, n_genres + 1:] = _unit_rows(_unit_rows(rng.normal(size=(n_clusters, extra)))[c]
+                                            + _unit_rows(rng.normal(size=(n, extra))))
+    return ItemFeatures(text, image.astype(np.float32), mask, side)

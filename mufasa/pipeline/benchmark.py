@@ -151,11 +151,8 @@ def _ranks_path(out: Path) -> Path:
 
 def _budget(params) -> dict:
     """The two headline models' training settings, as plain JSON (what a resumed run must share)."""
-    def plain(obj):
-        return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else str(obj)
-
-    return json.loads(json.dumps({"mufasa": params.train_sal.train, "sasrec": params.evaluate.sasrec.train},
-                                 default=plain))
+    return json.loads(json.dumps({"mufasa": dataclasses.asdict(params.train_sal.train),
+                                  "sasrec": dataclasses.asdict(params.evaluate.sasrec.train)}, default=str))
 
 
 def _load_previous(params, out: Path) -> tuple[dict[int, dict], dict[int, dict], dict]:
@@ -169,9 +166,9 @@ def _load_previous(params, out: Path) -> tuple[dict[int, dict], dict[int, dict],
     from mufasa.data.io import read_json
 
     earlier = read_json(path)
-    def differs(a: dict, b: dict) -> list[str]:  # a key absent from an older file reads as None; progress is cosmetic
-        return sorted(f"{m}.{k}" for m in set(a) | set(b) for k in set(a.get(m, {})) | set(b.get(m, {}))
-                      if k != "progress" and a.get(m, {}).get(k) != b.get(m, {}).get(k))
+    def differs(old: dict, now: dict) -> list[str]:  # the settings the file records (progress is cosmetic)
+        return sorted(f"{m}.{k}" for m in set(old) | set(now) for k in old.get(m, {})
+                      if k != "progress" and old[m][k] != now.get(m, {}).get(k))
 
     changed = differs(earlier.get("budget") or {}, _budget(params)) if earlier.get("budget") is not None else []
     if changed:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mufasa.pipeline.paths import ProjectPaths
+from mufasa.pipeline.result import StageResult
 from mufasa.training import distributed
 from mufasa.training.common import MetricsCallback
 
@@ -33,7 +34,6 @@ def data_parallel_stage(
       ranks return an empty ``StageResult``.
     - Otherwise: ``body`` in this process, exactly as without this wrapper.
     """
-    from mufasa.pipeline.stages import StageResult
 
     if distributed.needs_launch(nproc):
         with tempfile.TemporaryDirectory(prefix="mufasa-params-") as tmp:

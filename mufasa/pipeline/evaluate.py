@@ -23,11 +23,15 @@ import numpy as np
 from mufasa.data.io import write_json, write_text
 from mufasa.evaluation.protocol import PopularityScorer, evaluate, evaluate_protocols
 from mufasa.evaluation.report import bar_plot, metrics_table
+from mufasa.pipeline.params import with_seed
+from mufasa.pipeline.mfl_model import fit_mfl
 from mufasa.pipeline.paths import ProjectPaths
-from mufasa.pipeline.train_sal import SALScorer, load_inputs, load_model, train_sasrec, train_variant
+from mufasa.pipeline.result import StageResult
+from mufasa.pipeline.sal_model import SALScorer, load_inputs, load_model, train_sasrec, train_variant
 
+# Each ablation is a replace of MUFASA's model config (train_sal.model), trained with MUFASA's objective and budget.
 ABLATIONS: dict[str, dict] = {
-    "mfl_off": {"use_fused": False},
+    "mfl_off": {"item_feature_dim": 0, "use_id_embedding": True},  # ID embeddings only: no fused vectors
     "dense_attention": {"attention": "dense"},
     "window_only": {"use_compressed": False, "use_selected": False},
     "no_selection": {"use_selected": False},
@@ -37,8 +41,6 @@ ABLATIONS: dict[str, dict] = {
 
 def seeded_fused(params, paths: ProjectPaths, seed: int) -> np.ndarray | None:
     """The MFL's fused item vectors retrained in memory with ``seed`` (None when MFL is off)."""
-    from mufasa.pipeline.train_mfl import fit_mfl
-
     if not params.train_mfl.enabled:
         return None
     return fit_mfl(params, paths, seed=seed, checkpoint=False).result.fused.astype(np.float32)
@@ -65,7 +67,7 @@ def evaluate_all(
     inputs = load_inputs(paths)
     data, n = inputs.data, inputs.data.n_items
     if seed is not None:
-        params = _with_seed(params, seed)
+        params = with_seed(params, seed)
         if params.train_mfl.enabled and inputs.fused is not None:
             fused = seeded_fused(params, paths, seed) if fused is None else fused
             inputs = dataclasses.replace(inputs, fused=fused)
@@ -82,11 +84,10 @@ def evaluate_all(
         }
 
     def trained(name: str, **overrides) -> dict[str, dict]:
-        use_fused = overrides.pop("use_fused", True)
         prefix = f"{name}/"
         cb = (lambda step, m: on_metrics(step, {prefix + k: v for k, v in m.items()})) if on_metrics else None
         variant = name if seed is None else f"{name}-seed{seed}"  # parallel benchmark workers: own checkpoints
-        _, _, result = train_variant(params, inputs, paths.root, variant, on_metrics=cb, use_fused=use_fused, **overrides)
+        _, _, result = train_variant(params, inputs, paths.root, variant, on_metrics=cb, **overrides)
         return score(SALScorer(result.model))
 
     results: dict[str, dict] = {}
@@ -108,14 +109,7 @@ def evaluate_all(
     return results
 
 
-def _with_seed(params, seed: int):
-    sal = params.train_sal
-    new_sal = dataclasses.replace(sal, train={**sal.train, "seed": seed})
-    return dataclasses.replace(params, train_sal=new_sal)
-
-
 def run_evaluate(params, paths: ProjectPaths, on_metrics=None):
-    from mufasa.pipeline.stages import StageResult
 
     results = evaluate_all(params, paths, on_metrics)
     cfg = params.evaluate
@@ -130,16 +124,21 @@ def run_evaluate(params, paths: ProjectPaths, on_metrics=None):
         "models": {name: r["test"] for name, r in results.items()},
         "valid": {name: r["valid"] for name, r in results.items()},
     }
-    write_json(payload, paths.metrics_dir / "eval.json")
+    write_json(payload, paths.eval_metrics)
     table = metrics_table(payload["models"], title=f"Test split, full ranking, filter_history={cfg.filter_history}")
-    write_text(table, paths.reports_dir / "eval.md")
-    plot = bar_plot(payload["models"], paths.reports_dir / "eval.png")
+    write_text(table, paths.eval_table)
+    plot = bar_plot(payload["models"], paths.eval_plot)
     metrics = {f"{name}_{k}": v for name, r in payload["models"].items() for k, v in r.items() if k != "n_users"}
     return StageResult(
         "evaluate",
-        {"metrics": paths.metrics_dir / "eval.json", "table": paths.reports_dir / "eval.md", "plot": plot},
+        {"metrics": paths.eval_metrics, "table": paths.eval_table, "plot": plot},
         metrics,
         {"filter_history": cfg.filter_history, "baselines": list(cfg.baselines), "ablations": list(cfg.ablations)},
         {"table": table},
-        artifacts=(paths.reports_dir / "eval.md", plot, paths.metrics_dir / "eval.json"),
+        artifacts=(paths.eval_table, plot, paths.eval_metrics),
     )
+
+
+def run(params, paths: ProjectPaths, on_metrics=None, stage_run=None) -> StageResult:
+    """The stage's entry point in the stage table (:mod:`mufasa.pipeline.stages`)."""
+    return run_evaluate(params, paths, on_metrics)

@@ -20,18 +20,19 @@ from __future__ import annotations
 import time
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from mufasa.config import FeaturesConfig
-from mufasa.data.io import atomic_path, load_npy, read_json, read_parquet, tree_md5, write_json, write_parquet
+from data_checks import SuiteResult
+from mufasa.config import FeaturesConfig, Params
+from mufasa.data.features import ItemFeatures
+from mufasa.data.io import read_json, read_parquet, save_npy, tree_md5, write_json, write_parquet
 from mufasa.data.readers import TableSource
 from mufasa.pipeline import validation
+from mufasa.pipeline.inputs import FEATURE_FILES, read_features
 from mufasa.pipeline.paths import ProjectPaths
-
-FEATURE_FILES = ("text.npy", "image.npy", "side.npy", "index.parquet", "meta.json")
+from mufasa.pipeline.result import StageResult
 
 
 def _pkg_version(name: str) -> str:
@@ -56,17 +57,9 @@ def _image_encoder(device: str, batch_size: int):
     return ImageEncoder(device=device, batch_size=batch_size)
 
 
-def save_npy(array: np.ndarray, dest: Path) -> Path:
-    with atomic_path(dest) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
-    return dest
-
-
-def feature_summary(
-    item_ids: np.ndarray, text: np.ndarray, image: np.ndarray, image_mask: np.ndarray, side: np.ndarray
-) -> pd.DataFrame:
+def feature_summary(item_ids: np.ndarray, features: ItemFeatures) -> pd.DataFrame:
     """One row per item with what the features suite checks: norms, finiteness, masks."""
+    text, image, image_mask, side = features.arrays()
     image_norm = np.linalg.norm(image, axis=1)
     return pd.DataFrame(
         {
@@ -83,22 +76,7 @@ def feature_summary(
     )
 
 
-def read_features(folder: Path) -> dict[str, object]:
-    """Load the features written by :func:`extract_features` (arrays, index and meta)."""
-    folder = Path(folder)
-    missing = [f for f in FEATURE_FILES if not (folder / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{folder}: missing {missing}; run the features stage first")
-    return {
-        "text": load_npy(folder / "text.npy"),
-        "image": load_npy(folder / "image.npy"),
-        "side": load_npy(folder / "side.npy"),
-        "index": read_parquet(folder / "index.parquet"),
-        "meta": read_json(folder / "meta.json"),
-    }
-
-
-def extract_features(cfg: FeaturesConfig, paths: ProjectPaths):
+def features(cfg: FeaturesConfig, paths: ProjectPaths) -> StageResult:
     """Encode every item's title, image and side information; validate; write ``data/features/``."""
     from mufasa.encoders import (
         entity_features,
@@ -107,7 +85,6 @@ def extract_features(cfg: FeaturesConfig, paths: ProjectPaths):
         year_feature_names,
         year_features,
     )
-    from mufasa.pipeline.stages import StageResult
 
     items = read_parquet(paths.raw_items)
     entities = read_parquet(paths.raw_entities) if paths.raw_entities.is_file() else None
@@ -142,7 +119,8 @@ def extract_features(cfg: FeaturesConfig, paths: ProjectPaths):
     side = np.concatenate([genres, years, ents], axis=1).astype(np.float32)  # (N, G + Y + E)
     timings["side"] = time.perf_counter() - t0
 
-    summary = feature_summary(item_ids, text, images.features, images.mask, side)
+    encoded = ItemFeatures(text, images.features, images.mask, side)
+    summary = feature_summary(item_ids, encoded)
     result = validation.check_features(summary, n_items=len(items), min_image_coverage=cfg.min_image_coverage)
     validation.raise_for([(result, TableSource(f"{paths.features_dir} (derived from {paths.raw_items})", "parquet"))])
 
@@ -192,7 +170,7 @@ def extract_features(cfg: FeaturesConfig, paths: ProjectPaths):
         "side_dim": float(side.shape[1]),
         **{f"{k}_seconds": v for k, v in timings.items()},  # including model load
     }
-    write_json({k: v for k, v in metrics.items() if not k.endswith("_seconds")}, paths.metrics_dir / "features.json")
+    write_json({k: v for k, v in metrics.items() if not k.endswith("_seconds")}, paths.features_metrics)
     outputs = {name.split(".")[0]: folder / name for name in FEATURE_FILES}
     info = {
         "device": str(device),
@@ -202,3 +180,16 @@ def extract_features(cfg: FeaturesConfig, paths: ProjectPaths):
     }
     params = {"device": cfg.device, "entity_dim": cfg.entity_dim, "seed": cfg.seed}
     return StageResult("features", outputs, metrics, params, info, artifacts=(folder / "meta.json",))
+
+
+def check_features(paths: ProjectPaths, min_image_coverage: float = 0.0) -> SuiteResult:
+    """Run the features suite on the stored feature files."""
+    stored = read_features(paths.features_dir)
+    summary = feature_summary(stored.index["item_id"].to_numpy(), stored.features)
+    n_items = len(read_parquet(paths.raw_items, columns=["item_id"]))
+    return validation.check_features(summary, n_items=n_items, min_image_coverage=min_image_coverage)
+
+
+def run(params: Params, paths: ProjectPaths, on_metrics=None, stage_run=None) -> StageResult:
+    """The stage's entry point in the stage table (:mod:`mufasa.pipeline.stages`)."""
+    return features(params.features, paths)

@@ -25,7 +25,8 @@ from mufasa.data.io import file_md5, read_json, tree_md5, write_json
 from mufasa.evaluation.gate import decide
 from mufasa.evaluation.protocol import evaluate
 from mufasa.pipeline.paths import ProjectPaths
-from mufasa.pipeline.train_sal import load_inputs
+from mufasa.pipeline.result import StageResult
+from mufasa.pipeline.sal_model import load_inputs
 
 
 def input_example(inputs, n: int = 2):
@@ -46,7 +47,7 @@ def candidate_key(paths: ProjectPaths, cfg) -> str:
     import hashlib
 
     parts = [tree_md5(paths.sal_model_dir), file_md5(paths.fused_items), file_md5(paths.raw_items),
-             file_md5(paths.metrics_dir / "eval.json"), json.dumps(dataclasses.asdict(cfg), sort_keys=True)]
+             file_md5(paths.eval_metrics), json.dumps(dataclasses.asdict(cfg), sort_keys=True)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
@@ -69,12 +70,11 @@ def registry_phase(uri: str, what: str, state: str):
 
 def run_gate(params, paths: ProjectPaths, stage_run):
     from mufasa.pipeline import registry
-    from mufasa.pipeline.stages import StageResult
 
     if stage_run is None or not getattr(stage_run, "tracking_uri", ""):
         raise RuntimeError("the gate registers the model in MLflow: run it with tracking on (not --no-track)")
     uri, cfg = stage_run.tracking_uri, params.gate
-    eval_path = paths.metrics_dir / "eval.json"
+    eval_path = paths.eval_metrics
     if not eval_path.is_file():
         raise FileNotFoundError(f"{eval_path} not found: run the evaluate stage first")
     results = read_json(eval_path)["models"]
@@ -149,7 +149,7 @@ def run_gate(params, paths: ProjectPaths, stage_run):
         "Rerun `mufasa stage gate` to complete it (the same version is reused)",
     ):
         registry.record_decision(uri, cfg.model_name, existing, promote=outcome["passed"])
-    write_json(outcome, paths.metrics_dir / "gate.json")
+    write_json(outcome, paths.gate_metrics)
     report = write_run_report(paths, outcome)
     metrics = {"passed": float(outcome["passed"]), "candidate": outcome["candidate"], "version": float(existing)}
     if "champion_" + cfg.metric in outcome:
@@ -157,7 +157,7 @@ def run_gate(params, paths: ProjectPaths, stage_run):
     pngs = tuple(p for p in _REPORT_PLOTS if (paths.reports_dir / p).is_file())
     return StageResult(
         "gate",
-        {"gate": paths.metrics_dir / "gate.json", "report": report},
+        {"gate": paths.gate_metrics, "report": report},
         metrics,
         {"gate": dataclasses.asdict(cfg)},
         outcome,
@@ -172,7 +172,7 @@ def write_run_report(paths: ProjectPaths, outcome: dict):
     """``reports/run_report.md``: the evaluation table, the gate decision and its reasons, the plots."""
     from mufasa.data.io import write_text
 
-    table = (paths.reports_dir / "eval.md").read_text() if (paths.reports_dir / "eval.md").is_file() else ""
+    table = (paths.eval_table).read_text() if (paths.eval_table).is_file() else ""
     lines = [
         "# MUFASA retrain report",
         "",
@@ -189,4 +189,9 @@ def write_run_report(paths: ProjectPaths, outcome: dict):
         *[f"![{p}]({p})" for p in _REPORT_PLOTS if (paths.reports_dir / p).is_file()],
         "",
     ]
-    return write_text("\n".join(lines), paths.reports_dir / "run_report.md")
+    return write_text("\n".join(lines), paths.run_report)
+
+
+def run(params, paths: ProjectPaths, on_metrics=None, stage_run=None) -> StageResult:
+    """The stage's entry point in the stage table (:mod:`mufasa.pipeline.stages`)."""
+    return run_gate(params, paths, stage_run)

@@ -82,6 +82,61 @@ class ProjectPaths:
     def sal_model_dir(self) -> Path:
         return self.models_dir / "sal"
 
+    # ---- metrics (DVC metrics files) and reports, one property each so no module spells a path
+
+    @property
+    def sequences_metrics(self) -> Path:
+        return self.metrics_dir / "sequences.json"
+
+    @property
+    def features_metrics(self) -> Path:
+        return self.metrics_dir / "features.json"
+
+    @property
+    def mfl_metrics(self) -> Path:
+        return self.metrics_dir / "mfl.json"
+
+    @property
+    def sal_metrics(self) -> Path:
+        return self.metrics_dir / "sal.json"
+
+    @property
+    def eval_metrics(self) -> Path:
+        """Every model's test (and validation) metrics under both protocols: what the gate decides on."""
+        return self.metrics_dir / "eval.json"
+
+    @property
+    def gate_metrics(self) -> Path:
+        return self.metrics_dir / "gate.json"
+
+    @property
+    def mfl_reports(self) -> Path:
+        return self.reports_dir / "mfl"
+
+    @property
+    def sal_reports(self) -> Path:
+        return self.reports_dir / "sal"
+
+    @property
+    def eval_table(self) -> Path:
+        return self.reports_dir / "eval.md"
+
+    @property
+    def eval_plot(self) -> Path:
+        return self.reports_dir / "eval.png"
+
+    @property
+    def run_report(self) -> Path:
+        return self.reports_dir / "run_report.md"
+
+    @property
+    def train_sequences(self) -> Path:
+        return self.sequences_dir / "train.parquet"
+
+    def feature_file(self, name: str) -> Path:
+        """One of ``mufasa.pipeline.inputs.FEATURE_FILES`` (``text.npy``, ``image.npy``, ...)."""
+        return self.features_dir / name
+
     def checkpoint_dir(self, stage: str, variant: str) -> Path:
         """Per-run training checkpoints (removed once the run succeeds, so a killed run resumes from them)."""
         return self.root / "checkpoints" / stage / variant

@@ -33,7 +33,7 @@ class SALRecommender(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper: histories of item ids in, top-k item ids out."""
 
     def load_context(self, context) -> None:
-        from mufasa.pipeline.train_sal import SALScorer, load_model
+        from mufasa.pipeline.sal_model import SALScorer, load_model
 
         art = context.artifacts
         fused = np.load(art["fused"], allow_pickle=False)

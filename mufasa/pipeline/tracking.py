@@ -418,7 +418,7 @@ class Tracker:
         return parent
 
     def log_stage_result(self, run: StageRun, result) -> None:
-        """Log a :class:`~mufasa.pipeline.stages.StageResult`: params, metrics, info as JSON, artifacts."""
+        """Log a :class:`~mufasa.pipeline.result.StageResult`: params, metrics, info as JSON, artifacts."""
         run.log_params(result.params)
         run.log_metrics(result.metrics)
         if result.info:

@@ -15,121 +15,30 @@ run resumes where it stopped and a finished one never resumes stale state.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 
-from mufasa.data.io import atomic_path, file_md5, read_parquet, tree_md5, write_json
-from mufasa.data.sequences import read_train_sequences
-from mufasa.data.vocab import ItemVocab
+from mufasa.data.io import atomic_path, load_npy, read_parquet, save_npy, tree_md5, write_json
 from mufasa.pipeline.data_parallel import data_parallel_stage
-from mufasa.pipeline.features import read_features, save_npy
+from mufasa.pipeline.mfl_model import fit_mfl
 from mufasa.pipeline.paths import ProjectPaths
+from mufasa.pipeline.result import StageResult
 from mufasa.training import distributed
 from mufasa.training.common import MetricsCallback
-
-if TYPE_CHECKING:
-    from mufasa.models.fusion import FusionConfig
-    from mufasa.training.mfl_trainer import MFLTrainConfig, MFLTrainResult
-
-
-def primary_genres(items: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
-    """Primary (first-listed) genre id per item (-1 where none) and the genre names."""
-    first = items["genres"].fillna("").astype(str).str.split("|").str[0]
-    codes, names = pd.factorize(first.where(first != "", None), sort=True)
-    return codes.astype(np.int64), [str(n) for n in names]
-
-
-def _inputs_hash(paths: ProjectPaths, cfg_json: str) -> str:
-    h = hashlib.md5(cfg_json.encode())
-    for p in (paths.features_dir / "text.npy", paths.features_dir / "side.npy", paths.sequences_dir / "train.parquet"):
-        h.update(file_md5(p).encode())
-    return h.hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class FittedMFL:
-    fusion_cfg: FusionConfig
-    train_cfg: MFLTrainConfig
-    cfg_json: str  # what config.json records (and the checkpoint folder's hash covers)
-    result: MFLTrainResult
-    genres: np.ndarray  # (N,) primary genre id per item
-    genre_names: list[str]
-    checkpoint_dir: Path | None
-
-
-def fit_mfl(params, paths: ProjectPaths, seed: int | None = None, on_metrics=None, checkpoint: bool = True) -> FittedMFL:
-    """Train the fusion layer on the stored features and TRAIN split; nothing is written but the checkpoint.
-
-    ``seed`` (benchmark use) replaces ``train_mfl.train.seed``, so a seeded comparison counts MFL's own variance.
-    ``checkpoint=False`` (in-memory benchmark and tuning fits) trains without a resumable checkpoint.
-    """
-    from mufasa.pipeline.params import mfl_configs
-    from mufasa.training.mfl_trainer import collaborative_space, train_mfl
-
-    items = read_parquet(paths.raw_items)
-    feats = read_features(paths.features_dir)
-    index = feats["index"]
-    if not np.array_equal(index["item_id"].to_numpy(), items["item_id"].to_numpy()):
-        raise ValueError(f"{paths.features_dir}/index.parquet does not follow {paths.raw_items}: rerun features")
-    fusion_cfg, train_cfg = mfl_configs(
-        params, side_dim=feats["side"].shape[1], text_dim=feats["text"].shape[1], image_dim=feats["image"].shape[1]
-    )
-    if seed is not None:
-        train_cfg = dataclasses.replace(train_cfg, seed=seed)
-    vocab = ItemVocab(items["item_id"].to_numpy())
-    _, offsets, train_items, _ = read_train_sequences(paths.sequences_dir / "train.parquet")
-    collab, collab_mask = collaborative_space(
-        offsets,
-        vocab.to_index(train_items),
-        vocab.n_items,
-        dim=fusion_cfg.collab_dim,
-        window=params.train_mfl.collab_window,
-        seed=train_cfg.seed,
-    )
-    genres, genre_names = primary_genres(items)
-
-    cfg_json = json.dumps(
-        {"enabled": True, "fusion": dataclasses.asdict(fusion_cfg), "train": dataclasses.asdict(train_cfg),
-         "collab_window": params.train_mfl.collab_window},
-        sort_keys=True,
-        default=str,
-    )
-    ckpt_dir = paths.checkpoint_dir("train_mfl", _inputs_hash(paths, cfg_json)) if checkpoint else None
-    result = train_mfl(
-        fusion_cfg,
-        train_cfg,
-        feats["text"],
-        feats["image"],
-        index["has_image"].to_numpy(),
-        feats["side"],
-        collab,
-        collab_mask,
-        genres,
-        checkpoint_dir=ckpt_dir,
-        on_metrics=on_metrics,
-    )
-
-    return FittedMFL(fusion_cfg, train_cfg, cfg_json, result, genres, genre_names, ckpt_dir)
+from mufasa.training.diagnostics import plot_fused_projection, plot_training_curves
+from mufasa.training.diagnostics import effective_rank, knn_overlap
 
 
 def run_train_mfl(params, paths: ProjectPaths, on_metrics: MetricsCallback | None = None):
     cfg = params.train_mfl
     nproc = cfg.nproc if cfg.enabled else 1  # MFL off trains nothing
-    return data_parallel_stage("train_mfl", nproc, cfg.train.get("device", "auto"), _train_mfl, params, paths, on_metrics)
+    return data_parallel_stage("train_mfl", nproc, cfg.train.device, _train_mfl, params, paths, on_metrics)
 
 
 def _train_mfl(params, paths: ProjectPaths, on_metrics: MetricsCallback | None = None):
-    from mufasa.pipeline.stages import StageResult
-    from mufasa.training.diagnostics import plot_fused_projection, plot_training_curves
-
     fused_path = paths.fused_items
     model_dir = paths.mfl_model_dir
     if not params.train_mfl.enabled:
@@ -141,7 +50,7 @@ def _train_mfl(params, paths: ProjectPaths, on_metrics: MetricsCallback | None =
         with atomic_path(model_dir) as tmp:
             tmp.mkdir()
             (tmp / "config.json").write_text(json.dumps({"enabled": False}) + "\n")
-        write_json({"enabled": 0.0}, paths.metrics_dir / "mfl.json")
+        write_json({"enabled": 0.0}, paths.mfl_metrics)
         return StageResult("train_mfl", {"fused": fused_path, "config": model_dir / "config.json"}, {}, {"enabled": False})
 
     fitted = fit_mfl(params, paths, on_metrics=on_metrics)
@@ -155,12 +64,12 @@ def _train_mfl(params, paths: ProjectPaths, on_metrics: MetricsCallback | None =
         state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
         torch.save(state, tmp / "model.pt")
         (tmp / "config.json").write_text(fitted.cfg_json + "\n")
-    reports = paths.reports_dir / "mfl"
+    reports = paths.mfl_reports
     reports.mkdir(parents=True, exist_ok=True)
     curves = plot_training_curves(result.history, reports / "curves.png")
     projection = plot_fused_projection(result.fused, fitted.genres, fitted.genre_names, reports / "projection.png")
     diagnostics = {k: float(v) for k, v in result.diagnostics.items()}
-    write_json(diagnostics, paths.metrics_dir / "mfl.json")
+    write_json(diagnostics, paths.mfl_metrics)
     shutil.rmtree(fitted.checkpoint_dir, ignore_errors=True)
 
     metrics = {**{f"diag_{k}": v for k, v in diagnostics.items()}, "epochs_run": float(result.epochs_run)}
@@ -181,3 +90,40 @@ def _train_mfl(params, paths: ProjectPaths, on_metrics: MetricsCallback | None =
         info,
         artifacts=(curves, projection, model_dir / "model.pt", model_dir / "config.json"),
     )
+
+
+# Collapse guards for the fused space. A collapsed space has effective rank ~1 and title-neighbour overlap at
+# chance level; a healthy one (measured on ML-100k: rank ~45 of 64, overlap ~0.17 vs chance 0.006) is far above.
+MIN_FUSED_EFFECTIVE_RANK = 4.0
+MIN_TITLE_OVERLAP_OVER_CHANCE = 3.0
+
+
+def fused_space_health(paths: ProjectPaths) -> dict:
+    """Effective rank and title-neighbour preservation of the stored fused vectors, with a pass/fail verdict."""
+    fused = load_npy(paths.fused_items)
+    if fused.shape[1] == 0:
+        return {"passed": True, "reason": "MFL disabled (zero-width fused vectors)", "n_items": len(fused)}
+    text = load_npy(paths.feature_file("text.npy"))
+    k = min(10, len(fused) - 1)
+    chance = k / max(1, len(fused) - 1)
+    rank = effective_rank(fused)
+    overlap = knn_overlap(text, fused, k)
+    finite = bool(np.isfinite(fused).all())
+    passed = finite and rank >= MIN_FUSED_EFFECTIVE_RANK and overlap >= MIN_TITLE_OVERLAP_OVER_CHANCE * chance
+    reason = None if passed else (
+        f"fused space unhealthy: finite={finite}, effective rank {rank:.2f} (min {MIN_FUSED_EFFECTIVE_RANK}), "
+        f"title kNN overlap {overlap:.3f} (min {MIN_TITLE_OVERLAP_OVER_CHANCE * chance:.3f})"
+    )
+    return {
+        "passed": passed,
+        "reason": reason,
+        "n_items": len(fused),
+        "effective_rank": float(rank),
+        "title_knn_overlap": float(overlap),
+        "knn_chance": float(chance),
+    }
+
+
+def run(params, paths: ProjectPaths, on_metrics=None, stage_run=None) -> StageResult:
+    """The stage's entry point in the stage table (:mod:`mufasa.pipeline.stages`)."""
+    return run_train_mfl(params, paths, on_metrics)

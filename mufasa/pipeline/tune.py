@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mufasa.data.io import write_json, write_text
-from mufasa.pipeline.params import quiet
+from mufasa.pipeline.params import params_to_dict, quiet
 from mufasa.pipeline.paths import ProjectPaths
 
 # name -> (kind, choices or (low, high)); "model." keys are SALConfig fields, "train." keys SALTrainConfig fields
@@ -76,18 +76,19 @@ def with_values(params, values: dict[str, Any]):
         return {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
 
     sal, mfl = params.train_sal, params.train_mfl
-    mfl_train = {**mfl.train, **pick("mfl.train.")}
-    if pick("mfl.losses."):
-        mfl_train["losses"] = {**mfl.train.get("losses", {}), **pick("mfl.losses.")}
-    return dataclasses.replace(
-        params,
-        train_sal=dataclasses.replace(sal, model={**sal.model, **pick("model.")}, train={**sal.train, **pick("train.")}),
-        train_mfl=dataclasses.replace(mfl, train=mfl_train),
-    )
+    try:
+        mfl_train = dataclasses.replace(mfl.train, **pick("mfl.train."))
+        if pick("mfl.losses."):
+            mfl_train = dataclasses.replace(mfl_train, losses=dataclasses.replace(mfl_train.losses, **pick("mfl.losses.")))
+        sal = dataclasses.replace(sal, model=dataclasses.replace(sal.model, **pick("model.")),
+                                  train=dataclasses.replace(sal.train, **pick("train.")))
+    except TypeError as exc:  # a field the config does not have
+        raise ValueError(f"tune values name an unknown field: {exc}") from exc
+    return dataclasses.replace(params, train_sal=sal, train_mfl=dataclasses.replace(mfl, train=mfl_train))
 
 
 def _objective(params, paths: ProjectPaths, inputs, tracker, search_key: str):
-    from mufasa.pipeline.train_sal import train_variant
+    from mufasa.pipeline.sal_model import train_variant
 
     def objective(trial) -> float:
         values = suggest(trial)
@@ -97,7 +98,7 @@ def _objective(params, paths: ProjectPaths, inputs, tracker, search_key: str):
             t0 = time.perf_counter()
             trial_inputs = inputs
             if any(k.startswith("mfl.") for k in values) and params.train_mfl.enabled:
-                from mufasa.pipeline.train_mfl import fit_mfl
+                from mufasa.pipeline.mfl_model import fit_mfl
 
                 fused = fit_mfl(trial_params, paths, checkpoint=False).result.fused.astype("float32")
                 trial_inputs = dataclasses.replace(inputs, fused=fused)
@@ -126,7 +127,7 @@ def _worker(params, paths: ProjectPaths, journal: str, study_name: str, n_trials
     import torch
 
     from mufasa.pipeline.tracking import NullTracker, Tracker
-    from mufasa.pipeline.train_sal import load_inputs
+    from mufasa.pipeline.sal_model import load_inputs
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -220,7 +221,7 @@ def _summarise(study, params, out: Path, seconds: float) -> dict:
         "objective": "best validation NDCG@10 (early stopping on it), test split never read",
         "sampler": "TPE (seeded), 8 random start-up trials",
         "space": {k: [kind, list(spec)] for k, (kind, spec) in SPACE.items()},
-        "base": {"model": params.train_sal.model, "train": params.train_sal.train},
+        "base": params_to_dict(params)["train_sal"],
         "best": {"number": best.number, "value": best.value, "params": best.params, **best.user_attrs},
         "trials": [
             {"number": t.number, "value": t.value, "params": t.params, **t.user_attrs} for t in done

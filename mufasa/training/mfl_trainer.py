@@ -40,6 +40,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from mufasa.data.features import ItemFeatures
 from mufasa.models.fusion import FusionConfig, MultimodalFusion
 from mufasa.models.mfl_losses import MFLLossWeights, mfl_objective
 from mufasa.training import distributed
@@ -246,8 +247,9 @@ def _as_tensor(x: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor
     return torch.as_tensor(np.asarray(x), dtype=dtype).to(device)
 
 
-def _check_inputs(cfg: FusionConfig, needs_collab: bool, text, image, image_mask, side, collab, collab_mask,
+def _check_inputs(cfg: FusionConfig, needs_collab: bool, features: ItemFeatures, collab, collab_mask,
                   genres) -> int:
+    text, image, image_mask, side = features.arrays()
     n = len(text)
     shapes = {
         "text": (np.shape(text), (n, cfg.text_dim)),
@@ -271,28 +273,16 @@ def _check_inputs(cfg: FusionConfig, needs_collab: bool, text, image, image_mask
 
 
 @torch.no_grad()
-def encode_items(
-    model: MultimodalFusion,
-    text: torch.Tensor,
-    image: torch.Tensor | None,
-    image_mask: torch.Tensor | None,
-    side: torch.Tensor | None,
-    batch_size: int = 1024,
-) -> torch.Tensor:
-    """Fused (N, out_dim) float32 vectors of all items, eval mode, in chunks (inputs on the model's device)."""
+def encode_items(model: MultimodalFusion, features: ItemFeatures, batch_size: int = 1024) -> torch.Tensor:
+    """Fused (N, out_dim) float32 vectors of all items, eval mode, in chunks (``features`` as tensors on the
+    model's device: :meth:`ItemFeatures.to`)."""
     was_training = model.training
     model.eval()
-    device = text.device
+    device = features.text.device
     parts = []
-    for start in range(0, len(text), batch_size):
-        sl = slice(start, start + batch_size)
+    for start in range(0, len(features), batch_size):
         with autocast(device):
-            out = model(
-                text[sl],
-                None if image is None else image[sl],
-                None if image_mask is None else image_mask[sl],
-                None if side is None else side[sl],
-            )
+            out = model(*features.take(slice(start, start + batch_size)).arrays())
         parts.append(out.fused.float())
     model.train(was_training)
     return torch.cat(parts) if parts else torch.empty(0, model.config.out_dim, device=device)
@@ -320,10 +310,7 @@ def _fingerprint(fusion_cfg: FusionConfig, train_cfg: MFLTrainConfig, n_items: i
 def train_mfl(
     fusion_cfg: FusionConfig,
     train_cfg: MFLTrainConfig,
-    text: np.ndarray,
-    image: np.ndarray | None,
-    image_mask: np.ndarray | None,
-    side: np.ndarray | None,
+    features: ItemFeatures,
     collab: np.ndarray | None,
     collab_mask: np.ndarray | None,
     genres: np.ndarray,
@@ -332,10 +319,10 @@ def train_mfl(
 ) -> MFLTrainResult:
     """Train :class:`MultimodalFusion` on all items' frozen features; return the best model and fused vectors.
 
-    Arrays have one row per item (features-stage row order): text (N, text_dim), image (N, image_dim) with
-    image_mask (N,) bool, side (N, side_dim), collab (N, collab_dim) with collab_mask (N,) bool (from
-    :func:`collaborative_space` on the train split), genres (N,) primary-genre id (any int; -1 = none, its own
-    group). Modalities switched off in ``fusion_cfg`` may be passed as None, as may collab/collab_mask when the
+    One row per item (features-stage row order): ``features`` (:class:`~mufasa.data.features.ItemFeatures`: text
+    (N, text_dim), image (N, image_dim) with image_mask (N,) bool, side (N, side_dim)), collab (N, collab_dim) with
+    collab_mask (N,) bool (from :func:`collaborative_space` on the train split), genres (N,) primary-genre id (any
+    int; -1 = none, its own group). Modalities switched off in ``fusion_cfg`` may be None, as may collab/collab_mask when the
     collaborative loss is off (weight 0); passed anyway, they still feed the diagnostics.
 
     With ``checkpoint_dir``, ``last.pt`` there is written after every epoch and, when present at the start, the
@@ -349,7 +336,7 @@ def train_mfl(
     needs_collab = train_cfg.losses.collaborative > 0
     if needs_collab and fusion_cfg.collab_dim == 0:
         raise ValueError("the collaborative loss is on but FusionConfig.collab_dim is 0")
-    n = _check_inputs(fusion_cfg, needs_collab, text, image, image_mask, side, collab, collab_mask, genres)
+    n = _check_inputs(fusion_cfg, needs_collab, features, collab, collab_mask, genres)
     world = distributed.world_size()
     main = distributed.is_main()
     device = distributed.local_device(resolve_device(train_cfg.device))
@@ -361,11 +348,8 @@ def train_mfl(
     train_rows, val_rows = split_items(n, train_cfg.val_fraction, train_cfg.seed)
     sampler = GenreMixingSampler(np.asarray(genres)[train_rows], train_cfg.batch_size, train_cfg.seed)
 
+    feats = features.only(fusion_cfg.tokens).to(device)  # the modalities the layer uses, on its device
     X = {
-        "text": _as_tensor(text, torch.float32, device),
-        "image": _as_tensor(image, torch.float32, device) if "image" in fusion_cfg.tokens else None,
-        "image_mask": _as_tensor(image_mask, torch.bool, device) if "image" in fusion_cfg.tokens else None,
-        "side": _as_tensor(side, torch.float32, device) if "side" in fusion_cfg.tokens else None,
         "collab": _as_tensor(collab, torch.float32, device) if needs_collab else None,
         "collab_mask": _as_tensor(collab_mask, torch.bool, device) if needs_collab else None,
     }
@@ -373,15 +357,10 @@ def train_mfl(
 
     def batch_loss(rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with autocast(device):
-            out = model(
-                X["text"][rows],
-                None if X["image"] is None else X["image"][rows],
-                None if X["image_mask"] is None else X["image_mask"][rows],
-                None if X["side"] is None else X["side"][rows],
-            )
+            out = model(*feats.take(rows).arrays())
             collab_b = model.project_collab(X["collab"][rows]) if needs_collab else None
             mask_b = X["collab_mask"][rows] if needs_collab else None
-            return mfl_objective(out.tokens, out.masks, out.fused, X["text"][rows], collab_b, mask_b, weights)
+            return mfl_objective(out.tokens, out.masks, out.fused, feats.text[rows], collab_b, mask_b, weights)
 
     def sharded_batch_loss(net: MultimodalFusion, batch: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """DDP forward: this rank encodes its shard of global batch ``batch``; the objective sees the whole batch."""
@@ -390,12 +369,7 @@ def train_mfl(
         local = train_index[torch.as_tensor(mine if len(mine) else batch[:1], device=device)]  # placeholder if empty
         rows = train_index[torch.as_tensor(batch, device=device)]
         with autocast(device):
-            out = net(
-                X["text"][local],
-                None if X["image"] is None else X["image"][local],
-                None if X["image_mask"] is None else X["image_mask"][local],
-                None if X["side"] is None else X["side"][local],
-            )
+            out = net(*feats.take(local).arrays())
             parts: dict[str, torch.Tensor | None] = {"fused": out.fused}
             parts.update({f"token/{m}": t for m, t in out.tokens.items()})
             parts.update({f"mask/{m}": t for m, t in out.masks.items()})
@@ -404,7 +378,7 @@ def train_mfl(
             tokens = {m: g[f"token/{m}"] for m in out.tokens}
             masks = {m: g[f"mask/{m}"] for m in out.masks}
             mask_b = X["collab_mask"][rows] if needs_collab else None
-            return mfl_objective(tokens, masks, g["fused"], X["text"][rows], g["collab"], mask_b, weights)
+            return mfl_objective(tokens, masks, g["fused"], feats.text[rows], g["collab"], mask_b, weights)
 
     @torch.no_grad()
     def validate() -> dict[str, float]:
@@ -417,10 +391,7 @@ def train_mfl(
             for k, v in {"loss": total, **terms}.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(chunk) / len(val_rows)
         vrows = torch.as_tensor(val_rows, device=device)
-        fused = encode_items(model, X["text"][vrows],
-                             None if X["image"] is None else X["image"][vrows],
-                             None if X["image_mask"] is None else X["image_mask"][vrows],
-                             None if X["side"] is None else X["side"][vrows]).cpu().numpy()
+        fused = encode_items(model, feats.take(vrows)).cpu().numpy()
         model.train()
         row = {f"val_{k}": v for k, v in sums.items()}
         # collapse diagnostics of the held-out items' fused vectors, every epoch
@@ -428,7 +399,7 @@ def train_mfl(
         row["val_uniformity"] = uniformity(fused)
         k = min(10, len(val_rows) - 1)
         if k >= 1:
-            row["val_title_knn"] = knn_overlap(np.asarray(text)[val_rows], fused, k)
+            row["val_title_knn"] = knn_overlap(np.asarray(features.text)[val_rows], fused, k)
             if collab is not None:
                 m = np.asarray(collab_mask, dtype=bool)[val_rows]
                 if m.sum() > k:
@@ -437,7 +408,7 @@ def train_mfl(
 
     ckpt = Checkpointer(Path(checkpoint_dir)) if checkpoint_dir is not None else None
     fingerprint = _fingerprint(
-        fusion_cfg, train_cfg, n, (text, image, image_mask, side, collab, collab_mask, genres)
+        fusion_cfg, train_cfg, n, (*features.arrays(), collab, collab_mask, genres)
     )
     history: list[dict[str, float]] = []
     best_state = copy.deepcopy(model.state_dict())
@@ -512,10 +483,10 @@ def train_mfl(
 
     model.load_state_dict(best_state)
     model.eval()
-    fused = encode_items(model, X["text"], X["image"], X["image_mask"], X["side"]).cpu().numpy().astype(np.float32)
+    fused = encode_items(model, feats).cpu().numpy().astype(np.float32)
     collab_np = np.asarray(collab) if collab is not None else np.zeros((n, 1), np.float32)
     cmask = np.asarray(collab_mask, dtype=bool) if collab_mask is not None else np.zeros(n, bool)
-    diagnostics = mfl_diagnostics(fused, np.asarray(text), collab_np, cmask)
+    diagnostics = mfl_diagnostics(fused, np.asarray(features.text), collab_np, cmask)
     diagnostics["best_epoch"] = float(stopper.best_step)
     if history:
         for key in ("val_loss", "val_title_knn", "val_collab_knn"):

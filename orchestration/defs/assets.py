@@ -19,6 +19,7 @@ from dagster import (
 
 from mufasa.data.io import file_md5
 from mufasa.pipeline import stages
+from mufasa.pipeline.stages import STAGES
 from orchestration.defs.resources import DvcResource, MlflowTracking, MufasaProject
 
 RAW_INTERACTIONS = AssetKey("raw_interactions")
@@ -31,15 +32,25 @@ SAL_MODEL = AssetKey("sal_model")
 EVALUATION = AssetKey("evaluation_report")
 REGISTERED_MODEL = AssetKey("registered_model")
 
+# Every node that runs a stage of the table (mufasa.pipeline.stages.STAGES) carries its name in this op tag; the
+# stage it runs is read from the tag, and tests/test_stage_table.py checks that the tags cover the table.
+STAGE_TAG = "mufasa/stage"
+
+
+def stage_tags(name: str) -> dict[str, str]:
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; known: {', '.join(STAGES)}")
+    return {STAGE_TAG: name}
+
 
 def _run_stage(
     context: AssetExecutionContext,
-    name: str,
     project: MufasaProject,
     mlflow: MlflowTracking,
     dvc: DvcResource,
     commit: bool = True,
 ) -> tuple[stages.StageResult, dict]:
+    name = context.op_def.tags[STAGE_TAG]
     params = project.params()
     tracker = mlflow.tracker(project)
     with tracker.stage_run(name, context.run_id, tags={"dagster.run_id": context.run_id}) as run:
@@ -63,6 +74,7 @@ def _run_stage(
 
 @multi_asset(
     name="ingest",
+    op_tags=stage_tags("ingest"),
     specs=[
         AssetSpec(RAW_INTERACTIONS, group_name="data", description="Events (user_id, item_id, timestamp) in source order."),
         AssetSpec(RAW_ITEMS, group_name="data", description="Items (item_id, title, genres, year, image_path)."),
@@ -72,7 +84,7 @@ def ingest(
     context: AssetExecutionContext, project: MufasaProject, mlflow: MlflowTracking, dvc: DvcResource
 ) -> Iterator[MaterializeResult]:
     """Normalise the configured source (params.yaml ``ingest``) into ``data/raw/``; rejects bad input."""
-    result, meta = _run_stage(context, "ingest", project, mlflow, dvc)
+    result, meta = _run_stage(context, project, mlflow, dvc)
     source = MetadataValue.text(result.info["description"])
     yield MaterializeResult(
         asset_key=RAW_INTERACTIONS,
@@ -97,12 +109,13 @@ def ingest(
     )
 
 
-@asset(key=USER_SEQUENCES, deps=[RAW_INTERACTIONS, RAW_ITEMS], group_name="data")
+@asset(key=USER_SEQUENCES, deps=[RAW_INTERACTIONS, RAW_ITEMS], group_name="data",
+       op_tags=stage_tags("sequences"))
 def user_sequences(
     context: AssetExecutionContext, project: MufasaProject, mlflow: MlflowTracking, dvc: DvcResource
 ) -> MaterializeResult:
     """Time-ordered user sequences with the leave-one-out split (``data/sequences/``)."""
-    result, meta = _run_stage(context, "sequences", project, mlflow, dvc)
+    result, meta = _run_stage(context, project, mlflow, dvc)
     table = "| split | rows |\n|---|---|\n" + "\n".join(
         f"| {k} | {int(result.metrics[m])} |"
         for k, m in (("train users", "n_train_users"), ("train events", "n_train_events"), ("valid", "n_valid"), ("test", "n_test"))
@@ -118,12 +131,12 @@ def user_sequences(
     )
 
 
-@asset(key=ITEM_FEATURES, deps=[RAW_ITEMS], group_name="features")
+@asset(key=ITEM_FEATURES, deps=[RAW_ITEMS], group_name="features", op_tags=stage_tags("features"))
 def item_features(
     context: AssetExecutionContext, project: MufasaProject, mlflow: MlflowTracking, dvc: DvcResource
 ) -> MaterializeResult:
     """Per-item title (MiniLM), image (EfficientNet-Lite0) and side-information features (``data/features/``)."""
-    result, meta = _run_stage(context, "features", project, mlflow, dvc)
+    result, meta = _run_stage(context, project, mlflow, dvc)
     images = result.info["images"]
     problems = "\n".join(f"- {p}" for p in images["problems"]) or "none"
     return MaterializeResult(
@@ -144,6 +157,7 @@ def item_features(
 
 @multi_asset(
     name="train_mfl",
+    op_tags=stage_tags("train_mfl"),
     specs=[
         AssetSpec(FUSION_MODEL, deps=[ITEM_FEATURES, USER_SEQUENCES], group_name="training",
                   description="The multimodal fusion layer (models/mfl/: state dict + config)."),
@@ -155,7 +169,7 @@ def train_mfl(
     context: AssetExecutionContext, project: MufasaProject, mlflow: MlflowTracking, dvc: DvcResource
 ) -> Iterator[MaterializeResult]:
     """Train MFL with its four losses (GPU when present); write fused item vectors and the model."""
-    result, meta = _run_stage(context, "train_mfl", project, mlflow, dvc)
+    result, meta = _run_stage(context, project, mlflow, dvc)
     m = result.metrics
     diag = {k.removeprefix("diag_"): MetadataValue.float(float(v)) for k, v in m.items() if k.startswith("diag_")}
     plots = "".join(f"![{p.stem}]({p.as_posix()})\n" for p in result.artifacts if p.suffix == ".png")
@@ -169,13 +183,14 @@ def train_mfl(
     )
 
 
-@asset(key=SAL_MODEL, deps=[USER_SEQUENCES, FUSED_ITEM_VECTORS], group_name="training")
+@asset(key=SAL_MODEL, deps=[USER_SEQUENCES, FUSED_ITEM_VECTORS], group_name="training",
+       op_tags=stage_tags("train_sal"))
 def sal_model(
     context: AssetExecutionContext, project: MufasaProject, mlflow: MlflowTracking, dvc: DvcResource
 ) -> MaterializeResult:
     """The SAL user encoder trained on whole sequences (next-item loss at every position), early-stopped on
     validation NDCG@10 (``models/sal/``)."""
-    result, meta = _run_stage(context, "train_sal", project, mlflow, dvc)
+    result, meta = _run_stage(context, project, mlflow, dvc)
     best = {k.removeprefix("best_"): MetadataValue.float(float(v)) for k, v in result.metrics.items() if k.startswith("best_")}
     return MaterializeResult(
         metadata={**meta, **best, "epochs_run": int(result.metrics["epochs_run"]),
@@ -183,12 +198,12 @@ def sal_model(
     )
 
 
-@asset(key=EVALUATION, deps=[SAL_MODEL], group_name="evaluation")
+@asset(key=EVALUATION, deps=[SAL_MODEL], group_name="evaluation", op_tags=stage_tags("evaluate"))
 def evaluation_report(
     context: AssetExecutionContext, project: MufasaProject, mlflow: MlflowTracking, dvc: DvcResource
 ) -> MaterializeResult:
     """Full-ranking leave-one-out metrics of MUFASA, its baselines and ablations (``metrics/eval.json``)."""
-    result, meta = _run_stage(context, "evaluate", project, mlflow, dvc)
+    result, meta = _run_stage(context, project, mlflow, dvc)
     m = result.metrics
     return MaterializeResult(
         metadata={
@@ -201,7 +216,7 @@ def evaluation_report(
     )
 
 
-@asset(key=REGISTERED_MODEL, deps=[EVALUATION], group_name="evaluation")
+@asset(key=REGISTERED_MODEL, deps=[EVALUATION], group_name="evaluation", op_tags=stage_tags("gate"))
 def registered_model(
     context: AssetExecutionContext, project: MufasaProject, mlflow: MlflowTracking, dvc: DvcResource
 ) -> MaterializeResult:
@@ -209,7 +224,7 @@ def registered_model(
 
     A refusal still materialises (the version and its reasons are real); the ``promotion_gate`` check fails.
     """
-    result, meta = _run_stage(context, "gate", project, mlflow, dvc, commit=False)
+    result, meta = _run_stage(context, project, mlflow, dvc, commit=False)
     if result.info["passed"]:
         dvc.commit(project.paths.root, "gate")
     info = result.info

@@ -19,7 +19,10 @@ from dagster import (
 )
 
 from data_checks import SuiteResult
-from mufasa.pipeline import stages
+from mufasa.pipeline import features as features_stage
+from mufasa.pipeline import sequences as sequences_stage
+from mufasa.pipeline import train_mfl as train_mfl_stage
+from mufasa.pipeline import validate as validate_stage
 from mufasa.pipeline.validation import problems_of
 from orchestration.defs.assets import (
     FUSED_ITEM_VECTORS,
@@ -28,6 +31,7 @@ from orchestration.defs.assets import (
     RAW_INTERACTIONS,
     RAW_ITEMS,
     USER_SEQUENCES,
+    stage_tags,
 )
 from orchestration.defs.resources import DvcResource, MufasaProject
 
@@ -55,12 +59,13 @@ def _result(result: SuiteResult, source, check_name: str, asset_key) -> AssetChe
         AssetCheckSpec("items_suite", asset=RAW_ITEMS, blocking=True),
     ],
     name="raw_data_suites",
+    op_tags=stage_tags("validate"),  # the DVC validate stage's suites (it runs check_raw, which never raises)
 )
 def raw_data_suites(
     context: AssetCheckExecutionContext, project: MufasaProject, dvc: DvcResource
 ) -> Iterator[AssetCheckResult]:
     """GX interactions + items suites on ``data/raw`` (the DVC ``validate`` stage)."""
-    _, results = stages.check_raw(project.params().ingest, project.paths)
+    _, results = validate_stage.check_raw(project.params().ingest, project.paths)
     if all(r.success for r, _ in results.values()):
         dvc.commit(project.paths.root, "validate")
     inter, inter_src = results["interactions"]
@@ -74,7 +79,7 @@ def sequences_suite(context: AssetCheckExecutionContext, project: MufasaProject)
     """GX sequences suite on the stored split: time order, every event in one split, no leakage."""
     from mufasa.data.readers import TableSource
 
-    result = stages.check_sequences(project.paths)
+    result = sequences_stage.check_sequences(project.paths)
     return _result(result, TableSource(str(project.paths.sequences_dir), "parquet"), "sequences_suite", USER_SEQUENCES)
 
 
@@ -84,14 +89,14 @@ def features_suite(context: AssetCheckExecutionContext, project: MufasaProject) 
     from mufasa.data.readers import TableSource
 
     coverage = project.params().features.min_image_coverage
-    result = stages.check_features(project.paths, min_image_coverage=coverage)
+    result = features_stage.check_features(project.paths, min_image_coverage=coverage)
     return _result(result, TableSource(str(project.paths.features_dir), "parquet"), "features_suite", ITEM_FEATURES)
 
 
 @asset_check(asset=FUSED_ITEM_VECTORS, name="fused_space_not_collapsed", blocking=True)
 def fused_space_not_collapsed(context: AssetCheckExecutionContext, project: MufasaProject) -> AssetCheckResult:
     """The fused space keeps structure: effective rank and title-neighbour overlap well above collapse/chance."""
-    health = stages.fused_space_health(project.paths)
+    health = train_mfl_stage.fused_space_health(project.paths)
     return AssetCheckResult(
         passed=health["passed"],
         severity=AssetCheckSeverity.ERROR,
@@ -105,7 +110,7 @@ def promotion_gate(context: AssetCheckExecutionContext, project: MufasaProject) 
     """Fails (ERROR) when the gate refused to promote the new version: visible in the UI, never silent."""
     import json
 
-    path = project.paths.metrics_dir / "gate.json"
+    path = project.paths.gate_metrics
     if not path.is_file():
         return AssetCheckResult(passed=False, description=f"{path} missing: the gate did not run")
     gate = json.loads(path.read_text())

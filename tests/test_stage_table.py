@@ -1,0 +1,59 @@
+"""The stage table (mufasa.pipeline.stages.STAGES) is the one list of stages: dvc.yaml, the CLI and the Dagster
+definitions must agree with it, and every stage module has the entry point the table calls."""
+
+from __future__ import annotations
+
+import inspect
+
+import yaml
+from typer.testing import CliRunner
+
+from mufasa.cli import StageName, app
+from mufasa.pipeline.stages import STAGES, run_stage
+from tests.conftest import REPO
+
+
+def test_dvc_yaml_runs_the_table_in_order_and_depends_on_each_stage_module():
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert list(dvc) == list(STAGES)
+    for name, stage in STAGES.items():
+        assert dvc[name]["cmd"] == f"python -m mufasa.cli stage {name}"
+        assert stage.source in dvc[name]["deps"], f"dvc.yaml: {name} does not depend on {stage.source}"
+        assert (REPO / stage.source).is_file()
+
+
+def test_every_stage_module_has_the_entry_point_the_table_calls():
+    for name, stage in STAGES.items():
+        run = stage.module().run
+        assert list(inspect.signature(run).parameters) == ["params", "paths", "on_metrics", "stage_run"], name
+        assert stage.module().__doc__, f"{stage.module_name} has no opening comment"
+
+
+def test_the_cli_offers_exactly_the_table():
+    assert [s.value for s in StageName] == list(STAGES)
+    out = CliRunner().invoke(app, ["stage", "no_such_stage"])
+    assert out.exit_code == 2
+
+
+def test_an_unknown_stage_name_is_refused_before_anything_runs(project, small_params):
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown stage 'trian_sal'"):
+        run_stage("trian_sal", small_params, project)
+
+
+def test_the_dagster_nodes_that_run_stages_cover_the_table_once_each():
+    from orchestration.defs.assets import STAGE_TAG, stage_tags
+    from orchestration.definitions import defs
+
+    tagged = []
+    for node in [*defs.assets, *(defs.asset_checks or [])]:
+        for op_tags in [getattr(node, "op", None) and node.op.tags, getattr(node, "node_def", None) and node.node_def.tags]:
+            if op_tags and STAGE_TAG in op_tags:
+                tagged.append(op_tags[STAGE_TAG])
+                break
+    assert sorted(tagged) == sorted(STAGES), tagged
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown stage"):
+        stage_tags("trian_sal")
