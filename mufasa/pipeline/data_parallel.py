@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from mufasa.pipeline.params import params_to_dict
 from mufasa.pipeline.paths import ProjectPaths
 from mufasa.pipeline.result import StageResult
 from mufasa.training import distributed
@@ -38,7 +38,7 @@ def data_parallel_stage(
     if distributed.needs_launch(nproc):
         with tempfile.TemporaryDirectory(prefix="mufasa-params-") as tmp:
             params_file = Path(tmp) / "params.json"  # JSON is YAML: load_params reads it like params.yaml
-            params_file.write_text(json.dumps(dataclasses.asdict(params), default=str))
+            params_file.write_text(json.dumps(params_to_dict(params), default=str))
             argv = ["-m", "mufasa.cli", "stage", name, "--no-track", "--root", str(paths.root), "--params", str(params_file)]
             payload = distributed.launch(argv, nproc, on_metrics)
         if payload is None:
