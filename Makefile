@@ -62,5 +62,7 @@ ui: setup
 mlflow-ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow/mlflow.db --host 127.0.0.1 --port 5000
 
+# Generated, git-ignored outputs only (DVC-cached data and models, checkpoints): the metrics and reports git tracks
+# stay, and `dvc checkout` brings the rest back from the DVC cache.
 clean-outputs:
-	rm -rf data/raw data/sequences reports metrics
+	git clean -fdqX -- data/raw data/sequences data/features data/fused models checkpoints

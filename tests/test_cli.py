@@ -38,3 +38,29 @@ def test_synth_writes_byo_files(tmp_path):
     result = runner.invoke(app, ["synth", "--out", str(out), "--n-users", "5", "--n-items", "30", "--no-images"])
     assert result.exit_code == 0, result.output
     assert (out / "interactions.csv").is_file() and (out / "items.csv").is_file()
+
+
+def test_make_clean_outputs_removes_only_generated_files(clone):
+    """`make clean-outputs` deletes the git-ignored outputs (DVC-cached data, models, checkpoints) and leaves every
+    file git tracks (metrics, reports, the per-folder .gitignore files DVC wrote) as committed."""
+    import shutil
+    import subprocess
+
+    from tests.conftest import run_ok
+
+    generated = [clone / "data" / "raw" / "interactions.parquet", clone / "data" / "sequences" / "train.parquet",
+                 clone / "models" / "sal" / "model.pt", clone / "checkpoints" / "train_sal" / "mufasa" / "last.pt"]
+    for path in generated:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"generated")
+    tracked = run_ok(["git", "ls-files"], clone).stdout.split()
+    assert "metrics/eval.json" in tracked and "data/raw/.gitignore" in tracked
+    make = shutil.which("make")
+    if make is None:
+        import pytest
+
+        pytest.skip("make is not installed")
+    subprocess.run([make, "clean-outputs"], cwd=clone, check=True, capture_output=True)
+    assert not any(p.exists() for p in generated)
+    assert all((clone / rel).exists() for rel in tracked)
+    assert run_ok(["git", "status", "--porcelain"], clone).stdout == ""

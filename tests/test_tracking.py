@@ -55,3 +55,31 @@ def test_project_default_store_is_sqlite_in_mlflow_folder(tmp_path, monkeypatch)
     assert t.tracking_uri == f"sqlite:///{(tmp_path / 'mlflow' / 'mlflow.db').resolve()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     assert Tracker.for_project(tmp_path).tracking_uri == "http://127.0.0.1:5999"
+
+
+def test_runs_carry_the_git_commit_and_whether_the_tree_was_dirty(clone, monkeypatch):
+    import subprocess
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracker = Tracker.for_project(clone, "test")
+    head = subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    with tracker.stage_run("ingest", "clean") as clean:
+        pass
+    (clone / "params.yaml").write_text((clone / "params.yaml").read_text() + "\n# edited\n")
+    with tracker.stage_run("ingest", "dirty") as dirty:
+        pass
+    client = MlflowClient(tracker.tracking_uri)
+    for run, expected in ((clean, "false"), (dirty, "true")):
+        tags = client.get_run(run.run_id).data.tags
+        assert tags["mlflow.source.git.commit"] == head
+        assert tags["mufasa.git.dirty"] == expected
+        parent = client.get_run(tags[MLFLOW_PARENT_RUN_ID]).data.tags
+        assert parent["mlflow.source.git.commit"] == head and parent["mufasa.git.dirty"] == expected
+
+
+def test_outside_a_git_checkout_runs_have_no_commit_tag(project):
+    from mufasa.pipeline.tracking import source_tags
+
+    tags = source_tags(project.root)
+    assert "mlflow.source.git.commit" not in tags and tags["mlflow.source.name"] == "mufasa"

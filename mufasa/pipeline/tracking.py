@@ -264,14 +264,44 @@ def _short(v: Any) -> str:
     return text[:6000]  # MLflow caps param values
 
 
+def source_tags(root: Path | None) -> dict[str, str]:
+    """MLflow's source tags for a run of the project at ``root``: the git commit (``mlflow.source.git.commit``,
+    what the MLflow UI links), whether tracked files differ from it (``mufasa.git.dirty``), and the entry point.
+    Outside a git checkout (or without git) only the entry point is recorded."""
+    import subprocess
+
+    tags = {"mlflow.source.type": "PROJECT", "mlflow.source.name": "mufasa"}
+    if root is None:
+        return tags
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return tags
+    status = git("status", "--porcelain", "--untracked-files=no")
+    tags["mlflow.source.git.commit"] = commit.strip()
+    tags["mufasa.git.dirty"] = "unknown" if status is None else str(bool(status.strip())).lower()
+    branch = git("rev-parse", "--abbrev-ref", "HEAD")
+    if branch and branch.strip() != "HEAD":
+        tags["mlflow.source.git.branch"] = branch.strip()
+    return tags
+
+
 class Tracker:
     """Opens MLflow runs in the configured store; one instance per process is enough."""
 
     def __init__(
         self, tracking_uri: str, experiment: str = "mufasa", artifact_root: Path | None = None,
-        timeout: float | None = None,
+        timeout: float | None = None, root: Path | None = None,
     ):
         self.tracking_uri = tracking_uri
+        self.root = root  # the project: its git commit and dirty state tag every run
         self.experiment = experiment
         self.timeout = tracking_timeout() if timeout is None else timeout
         if artifact_root is None and tracking_uri.startswith("sqlite:///"):
@@ -295,7 +325,7 @@ class Tracker:
                 artifact_root = (Path(root) / config.artifact_root).resolve()  # an absolute path stays as is
             elif not uri.startswith("sqlite:"):
                 artifact_root = (Path(root) / "mlflow" / "artifacts").resolve()
-        return cls(uri, experiment, artifact_root, timeout=tracking_timeout(config))
+        return cls(uri, experiment, artifact_root, timeout=tracking_timeout(config), root=Path(root))
 
     def _experiment_id(self) -> str:
         from mlflow import MlflowClient
@@ -326,7 +356,8 @@ class Tracker:
         if found:
             return found[0].info.run_id
         run = client.create_run(
-            experiment_id, run_name=f"pipeline-{pipeline_key}", tags={PIPELINE_TAG: pipeline_key, ROLE_TAG: "pipeline"}
+            experiment_id, run_name=f"pipeline-{pipeline_key}",
+            tags={PIPELINE_TAG: pipeline_key, ROLE_TAG: "pipeline", **source_tags(self.root)},
         )
         return run.info.run_id
 
@@ -363,6 +394,7 @@ class Tracker:
                     PIPELINE_TAG: pipeline_key,
                     ROLE_TAG: "stage",
                     STAGE_TAG: stage,
+                    **source_tags(self.root),
                     **(tags or {}),
                 },
             )
