@@ -68,3 +68,83 @@ def test_failure_is_recorded_on_the_mlflow_pipeline_run(tmp_path):
     parent = tracker.record_pipeline_failure("dagster-run-1", "step ingest failed: bad data")
     run = MlflowClient(tracker.tracking_uri).get_run(parent)
     assert run.info.status == "FAILED" and "bad data" in run.data.tags["mufasa.failure"]
+
+
+# ---- the schedule: configured when the definitions load, and a tick evaluated ------------------------------------
+
+
+def test_the_schedule_defaults_to_mondays_0300_utc_and_its_tick_requests_a_retrain():
+    from datetime import datetime, timezone
+
+    from dagster import build_schedule_context
+
+    from orchestration.definitions import build_definitions
+
+    schedule = build_definitions({}).get_schedule_def("weekly_retrain")
+    assert (schedule.cron_schedule, schedule.execution_timezone, schedule.job_name) == ("0 3 * * 1", "UTC", "retrain")
+    tick = schedule.evaluate_tick(build_schedule_context(
+        scheduled_execution_time=datetime(2026, 12, 7, 3, 0, tzinfo=timezone.utc)))
+    assert len(tick.run_requests) == 1 and tick.run_requests[0].tags["mufasa/trigger"] == "schedule"
+
+
+def test_the_schedule_and_dvc_push_follow_the_environment_and_refuse_bad_values():
+    import pytest
+
+    from orchestration.definitions import build_definitions
+
+    defs = build_definitions({"MUFASA_RETRAIN_CRON": "30 1 * * *", "MUFASA_RETRAIN_TIMEZONE": "Europe/Berlin",
+                              "MUFASA_DVC_PUSH": "1"})
+    schedule = defs.get_schedule_def("weekly_retrain")
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("30 1 * * *", "Europe/Berlin")
+    assert defs.resources["dvc"].push is True
+    with pytest.raises(ValueError, match="MUFASA_RETRAIN_CRON='0 3 \\* \\*'"):
+        build_definitions({"MUFASA_RETRAIN_CRON": "0 3 * *"})
+    with pytest.raises(ValueError, match="MUFASA_RETRAIN_TIMEZONE='Mars/Olympus'"):
+        build_definitions({"MUFASA_RETRAIN_TIMEZONE": "Mars/Olympus"})
+    with pytest.raises(ValueError, match="MUFASA_DVC_PUSH='yes'"):
+        build_definitions({"MUFASA_DVC_PUSH": "yes"})
+
+
+# ---- the failure sensor, run on a real failed run --------------------------------------------------------------
+
+
+def test_the_failure_sensor_marks_the_mlflow_pipeline_run_failed_with_the_reason(tmp_path):
+    from dagster import DagsterEventType, DagsterInstance, build_run_status_sensor_context, job, op
+    from mlflow import MlflowClient
+
+    from mufasa.pipeline.tracking import PIPELINE_TAG
+    from orchestration.defs.resources import MlflowTracking
+    from orchestration.defs.sensors import retrain_failure_sensor
+    from tests.conftest import synthetic_params_dict
+
+    @op
+    def train_sal():
+        raise RuntimeError("loss became NaN")
+
+    @job(name="retrain")
+    def retrain():
+        train_sal()
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(synthetic_params_dict()))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow = MlflowTracking(tracking_uri=uri)
+    project = MufasaProject(root=str(tmp_path))
+    with DagsterInstance.ephemeral() as instance:
+        result = retrain.execute_in_process(instance=instance, raise_on_error=False)
+        assert not result.success
+        run = instance.get_run_by_id(result.run_id)
+        failure = next(e for e in result.all_events if e.event_type == DagsterEventType.RUN_FAILURE)
+        # a stage of this run had opened the MLflow pipeline run (as the assets do, keyed by the Dagster run id)
+        with mlflow.tracker(project).stage_run("ingest", run.run_id):
+            pass
+        with build_run_status_sensor_context(
+            sensor_name="retrain_failure_sensor", dagster_instance=instance, dagster_run=run, dagster_event=failure,
+            resources={"project": project, "mlflow": mlflow},  # the project is a context-manager resource
+        ) as context:
+            retrain_failure_sensor(context.for_run_failure())
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(synthetic_params_dict()["tracking"]["experiment"])
+    parents = client.search_runs([exp.experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{run.run_id}' "
+                                 "and tags.`mufasa.role` = 'pipeline'")
+    assert len(parents) == 1 and parents[0].info.status == "FAILED"
+    assert "train_sal" in parents[0].data.tags["mufasa.failure"]

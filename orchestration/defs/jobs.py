@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from dagster import AssetSelection, DefaultScheduleStatus, ScheduleDefinition, define_asset_job, in_process_executor
+from dagster import (
+    AssetSelection,
+    DagsterInvalidDefinitionError,
+    DefaultScheduleStatus,
+    ScheduleDefinition,
+    define_asset_job,
+    in_process_executor,
+)
 
 # In-process: stages run one at a time in one process, so torch training steps never fight over the 2 cores
 # and `dvc commit` never races on dvc.lock.
@@ -19,10 +28,34 @@ retrain_job = define_asset_job(
     tags={"mufasa/pipeline": "retrain"},
 )
 
-retrain_schedule = ScheduleDefinition(
-    name="weekly_retrain",
-    job=retrain_job,
-    cron_schedule=os.environ.get("MUFASA_RETRAIN_CRON", "0 3 * * 1"),  # Mondays 03:00
-    execution_timezone="UTC",
-    default_status=DefaultScheduleStatus.STOPPED,  # switch on in the UI (Automation tab)
-)
+DEFAULT_CRON = "0 3 * * 1"  # Mondays 03:00
+DEFAULT_TIMEZONE = "UTC"
+
+
+def build_retrain_schedule(env: Mapping[str, str] | None = None) -> ScheduleDefinition:
+    """The ``weekly_retrain`` schedule, configured when the definitions load (``orchestration.definitions``).
+
+    ``MUFASA_RETRAIN_CRON`` (default ``0 3 * * 1``, Mondays 03:00) and ``MUFASA_RETRAIN_TIMEZONE`` (an IANA name,
+    default ``UTC``) come from ``env`` (default: the process environment of the code location); a value Dagster or
+    the time-zone database does not accept is an error naming the variable. Stopped until switched on in the UI.
+    """
+    env = os.environ if env is None else env
+    cron = env.get("MUFASA_RETRAIN_CRON", DEFAULT_CRON).strip()
+    timezone = env.get("MUFASA_RETRAIN_TIMEZONE", DEFAULT_TIMEZONE).strip()
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"MUFASA_RETRAIN_TIMEZONE={timezone!r} is not an IANA time zone (e.g. Europe/Berlin)") from exc
+    try:
+        return ScheduleDefinition(
+            name="weekly_retrain",
+            job=retrain_job,
+            cron_schedule=cron,
+            execution_timezone=timezone,
+            default_status=DefaultScheduleStatus.STOPPED,  # switch on in the UI (Automation tab)
+            tags={"mufasa/trigger": "schedule"},
+            description=f"Retrain on the cron {cron!r} ({timezone}); MUFASA_RETRAIN_CRON / MUFASA_RETRAIN_TIMEZONE.",
+        )
+    except DagsterInvalidDefinitionError as exc:
+        raise ValueError(f"MUFASA_RETRAIN_CRON={cron!r} is not a cron schedule (five fields, e.g. '0 3 * * 1'): "
+                         f"{exc}") from exc
