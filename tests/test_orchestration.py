@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 
 from mufasa.data.io import write_parquet
 from mufasa.pipeline import ingest as ingest_stage
+from mufasa.pipeline.params import load_params
 from orchestration import definitions
 from orchestration.defs.resources import DvcResource, MlflowTracking, MufasaProject
 
@@ -85,7 +86,7 @@ def test_retrain_materialises_everything_and_tracks_it(project, tmp_path):
         [client.get_experiment_by_name("mufasa").experiment_id],
         filter_string=f"tags.`mufasa.pipeline_run` = '{result.run_id}'",
     )
-    stages_run = ["evaluate", "features", "gate", "ingest", "sequences", "train_mfl", "train_sal"]
+    stages_run = ["evaluate", "features", "gate", "ingest", "sequences", "train_mfl", "train_sal", "validate"]
     assert sorted(r.info.run_name for r in runs) == sorted([*stages_run, f"pipeline-{result.run_id}"])
     feat_meta = next(
         e.materialization.metadata for e in result.get_asset_materialization_events() if e.asset_key == ITEM_FEATURES
@@ -146,3 +147,28 @@ def test_dagster_cli_validates_the_definitions(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Validation successful" in proc.stdout + proc.stderr
+
+
+def test_executing_the_raw_data_check_changes_no_file(project):
+    """"Execute checks" in the UI only reads: no report rewritten, nothing committed to DVC (dvc.lock unchanged)."""
+    from dagster import AssetSelection, define_asset_job
+
+    from mufasa.data.io import file_md5
+    from mufasa.pipeline import validate as validate_stage
+    from orchestration.defs.checks import raw_data_suites
+
+    params = load_params(project.params)
+    ingest_stage.ingest(params.ingest, project)
+    validate_stage.validate(params.ingest, project)
+    (project.root / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    before = {p: file_md5(p) for p in project.root.rglob("*") if p.is_file()}
+    d = definitions.defs
+    job = define_asset_job("checks_only", selection=AssetSelection.checks(raw_data_suites))
+    resources = {"project": MufasaProject(root=str(project.root)), "mlflow": MlflowTracking(enabled=False),
+                 # a DVC that would fail the run if anything called it
+                 "dvc": DvcResource(executable="/nonexistent/dvc")}
+    result = Definitions(assets=list(d.assets), asset_checks=list(d.asset_checks), jobs=[job],
+                         resources=resources).resolve_job_def("checks_only").execute_in_process(raise_on_error=False)
+    assert result.success and _checks(result) == {"interactions_suite": True, "items_suite": True}
+    after = {p: file_md5(p) for p in project.root.rglob("*") if p.is_file() and not p.name.startswith(".mufasa.lock")}
+    assert after == {p: h for p, h in before.items() if not p.name.startswith(".mufasa.lock")}

@@ -19,9 +19,11 @@ from mufasa.pipeline.result import StageResult
 __all__ = ["check_raw", "validate"]
 
 
-def check_raw(cfg: IngestConfig, paths: ProjectPaths) -> tuple[StageResult, dict[str, tuple[SuiteResult, TableSource]]]:
-    """Run the items and interactions suites on the stored raw tables and write the report (never raises on
-    a failed suite: callers decide; :func:`validate` raises, the Dagster checks report)."""
+def check_raw(cfg: IngestConfig, paths: ProjectPaths, write_report: bool = True,
+              ) -> tuple[StageResult, dict[str, tuple[SuiteResult, TableSource]]]:
+    """Run the items and interactions suites on the stored raw tables and (``write_report``) write the report;
+    never raises on a failed suite: callers decide (:func:`validate` raises, the Dagster check reports and,
+    with ``write_report=False``, writes nothing)."""
     require_raw(paths)
     items = read_parquet(paths.raw_items)
     now = validation.now_unix(cfg.now)
@@ -30,7 +32,8 @@ def check_raw(cfg: IngestConfig, paths: ProjectPaths) -> tuple[StageResult, dict
     chunks = iter_parquet_frames(paths.raw_interactions, validation.CHUNK_ROWS)
     inter_result = validation.check_interactions(chunks, now=now, item_ids=items["item_id"])
     report = {"interactions": inter_result.to_dict(), "items": items_result.to_dict()}
-    write_json(report, paths.validation_report)
+    if write_report:
+        write_json(report, paths.validation_report)
     results = {
         "interactions": (inter_result, TableSource(str(paths.raw_interactions), "parquet")),
         "items": (items_result, TableSource(str(paths.raw_items), "parquet")),

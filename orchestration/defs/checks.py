@@ -31,9 +31,8 @@ from orchestration.defs.assets import (
     RAW_INTERACTIONS,
     RAW_ITEMS,
     USER_SEQUENCES,
-    stage_tags,
 )
-from orchestration.defs.resources import DvcResource, MufasaProject
+from orchestration.defs.resources import MufasaProject
 
 
 def _result(result: SuiteResult, source, check_name: str, asset_key) -> AssetCheckResult:
@@ -59,15 +58,11 @@ def _result(result: SuiteResult, source, check_name: str, asset_key) -> AssetChe
         AssetCheckSpec("items_suite", asset=RAW_ITEMS, blocking=True),
     ],
     name="raw_data_suites",
-    op_tags=stage_tags("validate"),  # the DVC validate stage's suites (it runs check_raw, which never raises)
 )
-def raw_data_suites(
-    context: AssetCheckExecutionContext, project: MufasaProject, dvc: DvcResource
-) -> Iterator[AssetCheckResult]:
-    """GX interactions + items suites on ``data/raw`` (the DVC ``validate`` stage)."""
-    _, results = validate_stage.check_raw(project.params().ingest, project.paths)
-    if all(r.success for r, _ in results.values()):
-        dvc.commit(project.paths.root, "validate")
+def raw_data_suites(context: AssetCheckExecutionContext, project: MufasaProject) -> Iterator[AssetCheckResult]:
+    """GX interactions + items suites on ``data/raw`` (what the DVC ``validate`` stage runs). Reads only: no report
+    is written and nothing is committed to DVC (the ``ingest`` asset runs the validate stage and records it)."""
+    _, results = validate_stage.check_raw(project.params().ingest, project.paths, write_report=False)
     inter, inter_src = results["interactions"]
     items, items_src = results["items"]
     yield _result(inter, inter_src, "interactions_suite", RAW_INTERACTIONS)
