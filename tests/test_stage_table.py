@@ -57,3 +57,24 @@ def test_the_dagster_nodes_that_run_stages_cover_the_table_once_each():
 
     with pytest.raises(ValueError, match="unknown stage"):
         stage_tags("trian_sal")
+
+
+def test_every_asset_has_the_code_version_of_its_stages_code(tmp_path, monkeypatch):
+    import orchestration.defs.assets as assets
+    from orchestration.defs.assets import STAGE_TAG, stage_code_version
+    from orchestration.definitions import defs
+
+    for node in defs.assets:
+        stage_names = node.op.tags[STAGE_TAG].split(",")
+        assert set(node.code_versions_by_key.values()) == {stage_code_version(*stage_names)}
+    # the version follows the code dvc.yaml lists, and only the code
+    (tmp_path / "mufasa").mkdir()
+    (tmp_path / "mufasa" / "stage.py").write_text("x = 1\n")
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"s": {"deps": ["mufasa/stage.py", "data/raw"]}}}))
+    monkeypatch.setattr(assets, "CODE_ROOT", tmp_path)
+    before = stage_code_version("s")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "raw").write_text("data changes are DVC's business")
+    assert stage_code_version("s") == before
+    (tmp_path / "mufasa" / "stage.py").write_text("x = 2\n")
+    assert stage_code_version("s") != before

@@ -5,7 +5,11 @@ Every asset runs its stage inside a nested MLflow run (parent: this Dagster run)
 """
 
 
+import hashlib
 from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
 
 from dagster import (
     AssetExecutionContext,
@@ -36,6 +40,25 @@ REGISTERED_MODEL = AssetKey("registered_model")
 # Every node that runs a stage of the table (mufasa.pipeline.stages.STAGES) carries its name in this op tag; the
 # stage it runs is read from the tag, and tests/test_stage_table.py checks that the tags cover the table.
 STAGE_TAG = "mufasa/stage"
+
+
+CODE_ROOT = Path(__file__).resolve().parents[2]  # the checkout holding mufasa/, orchestration/ and dvc.yaml
+_CODE_DIRS = ("mufasa/", "data_checks/", "orchestration/")
+
+
+def stage_code_version(*names: str) -> str:
+    """Digest of the code ``dvc.yaml`` lists as the stages' dependencies (files, and ``.py`` files under folders):
+    the asset's ``code_version``, so the UI marks an asset stale when the code that makes it changes."""
+    deps = yaml.safe_load((CODE_ROOT / "dvc.yaml").read_text())["stages"]
+    digest = hashlib.md5()
+    for name in names:
+        for dep in deps[name].get("deps", []):
+            if not dep.startswith(_CODE_DIRS):
+                continue  # data dependencies are versioned by DVC, not by the code version
+            path = CODE_ROOT / dep
+            for f in [path] if path.is_file() else sorted(path.rglob("*.py")):
+                digest.update(f.relative_to(CODE_ROOT).as_posix().encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def stage_tags(*names: str) -> dict[str, str]:
@@ -83,7 +106,7 @@ def _run_stage(
     name="ingest",
     # ingest, then the DVC validate stage (its report and dvc.lock entry): the asset that writes the data records
     # it; the raw_data_suites check only reads (executing checks from the UI never changes dvc.lock)
-    op_tags=stage_tags("ingest", "validate"),
+    op_tags=stage_tags("ingest", "validate"), code_version=stage_code_version("ingest", "validate"),
     specs=[
         AssetSpec(RAW_INTERACTIONS, group_name="data", description="Events (user_id, item_id, timestamp) in source order."),
         AssetSpec(RAW_ITEMS, group_name="data", description="Items (item_id, title, genres, year, image_path)."),
@@ -124,7 +147,7 @@ def ingest(
 
 
 @asset(key=USER_SEQUENCES, deps=[RAW_INTERACTIONS, RAW_ITEMS], group_name="data",
-       op_tags=stage_tags("sequences"))
+       op_tags=stage_tags("sequences"), code_version=stage_code_version("sequences"))
 def user_sequences(
     context: AssetExecutionContext, project: MufasaProject, mlflow: MlflowTracking, dvc: DvcResource
 ) -> MaterializeResult:
@@ -145,7 +168,8 @@ def user_sequences(
     )
 
 
-@asset(key=ITEM_FEATURES, deps=[RAW_ITEMS], group_name="features", op_tags=stage_tags("features"))
+@asset(key=ITEM_FEATURES, deps=[RAW_ITEMS], group_name="features", op_tags=stage_tags("features"),
+       code_version=stage_code_version("features"))
 def item_features(
     context: AssetExecutionContext, project: MufasaProject, mlflow: MlflowTracking, dvc: DvcResource
 ) -> MaterializeResult:
@@ -171,7 +195,7 @@ def item_features(
 
 @multi_asset(
     name="train_mfl",
-    op_tags=stage_tags("train_mfl"),
+    op_tags=stage_tags("train_mfl"), code_version=stage_code_version("train_mfl"),
     specs=[
         AssetSpec(FUSION_MODEL, deps=[ITEM_FEATURES, USER_SEQUENCES], group_name="training",
                   description="The multimodal fusion layer (models/mfl/: state dict + config)."),
@@ -198,7 +222,7 @@ def train_mfl(
 
 
 @asset(key=SAL_MODEL, deps=[USER_SEQUENCES, FUSED_ITEM_VECTORS], group_name="training",
-       op_tags=stage_tags("train_sal"))
+       op_tags=stage_tags("train_sal"), code_version=stage_code_version("train_sal"))
 def sal_model(
     context: AssetExecutionContext, project: MufasaProject, mlflow: MlflowTracking, dvc: DvcResource
 ) -> MaterializeResult:
@@ -212,7 +236,8 @@ def sal_model(
     )
 
 
-@asset(key=EVALUATION, deps=[SAL_MODEL], group_name="evaluation", op_tags=stage_tags("evaluate"))
+@asset(key=EVALUATION, deps=[SAL_MODEL], group_name="evaluation", op_tags=stage_tags("evaluate"),
+       code_version=stage_code_version("evaluate"))
 def evaluation_report(
     context: AssetExecutionContext, project: MufasaProject, mlflow: MlflowTracking, dvc: DvcResource
 ) -> MaterializeResult:
@@ -230,7 +255,8 @@ def evaluation_report(
     )
 
 
-@asset(key=REGISTERED_MODEL, deps=[EVALUATION], group_name="evaluation", op_tags=stage_tags("gate"))
+@asset(key=REGISTERED_MODEL, deps=[EVALUATION], group_name="evaluation", op_tags=stage_tags("gate"),
+       code_version=stage_code_version("gate"))
 def registered_model(
     context: AssetExecutionContext, project: MufasaProject, mlflow: MlflowTracking, dvc: DvcResource
 ) -> MaterializeResult:
