@@ -37,6 +37,13 @@ def test_dvc_repro_in_a_fresh_clone_then_nothing_to_do(clone):
     assert "metrics/eval.json" in diff.stdout and "models.mufasa.hr@10" in diff.stdout
     plots = run_ok([dvc_executable(), "plots", "show", "--json"], clone)
     assert "reports/eval.png" in plots.stdout
+    # the training curves are data series DVC can overlay across runs, with the axes declared in dvc.yaml
+    series = json.loads(plots.stdout)["data"]
+    points = [p for entry in series["reports/sal/history.json"] for p in entry["content"]["data"]["values"]]
+    epochs = yaml.safe_load((clone / "params.yaml").read_text())["train_sal"]["train"]["epochs"]
+    assert [p["epoch"] for p in points] == list(range(1, epochs + 1))  # no early stop in 3 epochs (patience 10)
+    assert all("val_ndcg@10" in p and "seconds" not in p for p in points)
+    assert "reports/mfl/history.json" in series
 
 
 def test_dagster_run_leaves_dvc_lock_current(clone):

@@ -118,6 +118,16 @@ class ProjectPaths:
         return self.reports_dir / "sal"
 
     @property
+    def mfl_history(self) -> Path:
+        """Per-epoch training curves of the MFL as data (``dvc plots`` overlays them across runs)."""
+        return self.mfl_reports / "history.json"
+
+    @property
+    def sal_history(self) -> Path:
+        """Per-epoch training curves of SAL as data, with the validation NDCG@10 that early stopping follows."""
+        return self.sal_reports / "history.json"
+
+    @property
     def eval_table(self) -> Path:
         return self.reports_dir / "eval.md"
 

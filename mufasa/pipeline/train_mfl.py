@@ -28,7 +28,7 @@ from mufasa.pipeline.paths import ProjectPaths
 from mufasa.pipeline.result import StageResult
 from mufasa.training import distributed
 from mufasa.training.common import MetricsCallback
-from mufasa.training.diagnostics import plot_fused_projection, plot_training_curves
+from mufasa.training.diagnostics import history_series, plot_fused_projection, plot_training_curves
 from mufasa.training.diagnostics import effective_rank, knn_overlap
 
 
@@ -67,6 +67,7 @@ def _train_mfl(params, paths: ProjectPaths, on_metrics: MetricsCallback | None =
     reports = paths.mfl_reports
     reports.mkdir(parents=True, exist_ok=True)
     curves = plot_training_curves(result.history, reports / "curves.png")
+    write_json(history_series(result.history), paths.mfl_history)
     projection = plot_fused_projection(result.fused, fitted.genres, fitted.genre_names, reports / "projection.png")
     diagnostics = {k: float(v) for k, v in result.diagnostics.items()}
     write_json(diagnostics, paths.mfl_metrics)

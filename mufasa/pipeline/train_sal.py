@@ -20,7 +20,7 @@ from mufasa.pipeline.result import StageResult
 from mufasa.pipeline.sal_model import load_inputs, save_model, train_variant
 from mufasa.training import distributed
 from mufasa.training.common import MetricsCallback
-from mufasa.training.diagnostics import plot_training_curves
+from mufasa.training.diagnostics import history_series, plot_training_curves
 
 
 def run_train_sal(params, paths: ProjectPaths, on_metrics: MetricsCallback | None = None):
@@ -40,6 +40,7 @@ def _train_sal(params, paths: ProjectPaths, on_metrics: MetricsCallback | None =
     reports = paths.sal_reports
     reports.mkdir(parents=True, exist_ok=True)
     curves = plot_training_curves(result.history, reports / "curves.png", criterion="val_ndcg@10", mode="max")
+    write_json(history_series(result.history), paths.sal_history)
     metrics = {**{f"best_{k}": v for k, v in best.items()}, "epochs_run": float(result.epochs_run)}
     info = {
         "resumed_from": result.resumed_from,

@@ -247,3 +247,14 @@ def plot_fused_projection(
     ax.legend(fontsize=7, markerscale=2, loc="best", ncol=1 + len(genre_names) // 12)
     fig.tight_layout()
     return save_figure(fig, path, format="png")
+
+
+def history_series(history: Sequence[dict[str, Any]]) -> list[dict[str, float]]:
+    """Per-epoch rows for ``dvc plots``: numeric fields only, without wall-clock timings (the same params give the
+    same file), ``epoch`` first."""
+    rows = []
+    for row in history:
+        kept = {k: float(v) for k, v in row.items()
+                if isinstance(v, (int, float)) and not ("seconds" in k or k.endswith("_per_s"))}
+        rows.append({"epoch": kept.pop("epoch"), **kept} if "epoch" in kept else kept)
+    return rows
