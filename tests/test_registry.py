@@ -146,6 +146,10 @@ def test_benchmark_compares_every_baseline_and_ablation(pipeline, tmp_path):
         assert m["filtered"]["hr@10"] >= m["unfiltered"]["hr@10"], name
     table = (tmp_path / "cmp.md").read_text()
     assert "| window_only |" in table and "±" in table and "Wilcoxon" in table and "History filtered" in table
+    # the ablations ran on seed 0 only: they are also compared with MUFASA's seed-0 score, not its 2-seed mean
+    m0 = payload["per_seed"]["0"]["mufasa"]["unfiltered"]["ndcg@10"]
+    w0 = payload["per_seed"]["0"]["window_only"]["unfiltered"]["ndcg@10"]
+    assert f"| window_only | [0] | {m0:.4f} | {w0:.4f} | {w0 - m0:+.4f} |" in table
 
 
 def test_benchmark_resumes_runs_only_what_is_missing_and_refuses_another_budget(pipeline, tmp_path):

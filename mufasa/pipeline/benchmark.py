@@ -123,8 +123,8 @@ def run_benchmark(
             progress(seed, {name: r["test"] for name, r in results.items()})
         payload = _write(params, per_seed, ranks, out, time.perf_counter() - started, earlier)
 
-    if not steps:
-        return payload
+    if not steps:  # nothing left to train: rewrite the tables from what is stored (e.g. after a report change)
+        return _write(params, per_seed, ranks, out, float(earlier.get("seconds", 0.0)), earlier) if per_seed else {}
     # The MFL is retrained once per seed and its vectors shared by every model of that seed.
     todo = sorted({seed for seed, _ in steps})
     if workers <= 1:
@@ -235,6 +235,29 @@ def _write(params, per_seed: dict[int, dict], ranks: dict[int, dict], out: Path,
     return payload
 
 
+def _same_seeds(table: dict, seeds_of: dict, metric: str = "ndcg@10") -> list[str]:
+    """Each other model against MUFASA on the seeds both ran (the means above cover different seed sets)."""
+    if "mufasa" not in table:
+        return []
+    mufasa = dict(zip(seeds_of["mufasa"], table["mufasa"][metric]))
+    rows = []
+    for name, values in table.items():
+        if name == "mufasa":
+            continue
+        shared = [(s, v) for s, v in zip(seeds_of[name], values[metric]) if s in mufasa]
+        if not shared:
+            continue
+        diffs = [v - mufasa[s] for s, v in shared]
+        rows.append(f"| {name} | {[s for s, _ in shared]} | {np.mean([mufasa[s] for s, _ in shared]):.4f} | "
+                    f"{np.mean([v for _, v in shared]):.4f} | {np.mean(diffs):+.4f} | "
+                    f"{sum(d > 0 for d in diffs)}/{len(diffs)} |")
+    if not rows:
+        return []
+    return [f"Against MUFASA on the same seeds ({metric}; the model − MUFASA, and on how many seeds the model was "
+            "ahead):", "", "| model | seeds | MUFASA | model | difference | ahead |", "|---|---|---:|---:|---:|---:|",
+            *rows, ""]
+
+
 def _markdown(tables: dict, significance: dict, seeds_of: dict) -> str:
     lines = [
         "# MUFASA vs the reference SASRec and ablations",
@@ -247,6 +270,7 @@ def _markdown(tables: dict, significance: dict, seeds_of: dict) -> str:
         sig = significance.get(protocol)
         title = f"History {protocol}" + (" (headline)" if protocol == "unfiltered" else "")
         lines += [metrics_table(tables[protocol], title=title)]
+        lines += _same_seeds(tables[protocol], seeds_of)
         if sig is None:
             lines += ["No paired test yet: MUFASA and sasrec have not both run on any seed.", ""]
             continue
