@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -36,8 +37,6 @@ def test_the_cli_offers_exactly_the_table():
 
 
 def test_an_unknown_stage_name_is_refused_before_anything_runs(project, small_params):
-    import pytest
-
     with pytest.raises(ValueError, match="unknown stage 'trian_sal'"):
         run_stage("trian_sal", small_params, project)
 
@@ -53,8 +52,6 @@ def test_the_dagster_nodes_that_run_stages_cover_the_table_once_each():
                 tagged.extend(op_tags[STAGE_TAG].split(","))
                 break
     assert sorted(tagged) == sorted(STAGES), tagged
-    import pytest
-
     with pytest.raises(ValueError, match="unknown stage"):
         stage_tags("trian_sal")
 

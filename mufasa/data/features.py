@@ -47,8 +47,7 @@ class ItemFeatures:
         import torch
 
         def tensor(x, dtype):
-            return None if x is None else torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x,
-                                                          dtype=dtype).to(device)
+            return None if x is None else torch.as_tensor(x, dtype=dtype, device=device)
 
         return ItemFeatures(tensor(self.text, torch.float32), tensor(self.image, torch.float32),
                             tensor(self.image_mask, torch.bool), tensor(self.side, torch.float32))
