@@ -27,6 +27,19 @@ def _lock_timeout() -> float:
         raise typer.BadParameter(f"MUFASA_LOCK_TIMEOUT must be a number of seconds, got {raw!r}") from None
 
 
+def _log_to_stderr() -> None:
+    """The library's notes (e.g. the training budget resolved from the data size) on stderr; other libraries'
+    loggers keep their own levels."""
+    import logging
+
+    logger = logging.getLogger("mufasa")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 @app.command()
 def stage(
     name: StageName = typer.Argument(..., help="Stage to run."),
@@ -35,6 +48,7 @@ def stage(
     track: bool = typer.Option(True, help="Log the stage to MLflow (MLFLOW_TRACKING_URI or ./mlflow)."),
 ) -> None:
     """Run one pipeline stage with its params; exit 2 with file/column/row details on bad data."""
+    _log_to_stderr()
     from mufasa.data.io import CorruptInputError, OutputWriteError
     from mufasa.data.schema import DataValidationError
     from mufasa.pipeline.params import ParamsError, load_params

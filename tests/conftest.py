@@ -13,6 +13,7 @@ import yaml
 
 from mufasa.pipeline.params import parse_params
 from mufasa.pipeline.paths import ProjectPaths
+from tests.helpers import EPOCH_BUDGET
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,9 +38,9 @@ def synthetic_params_dict(**overrides) -> dict:
     # a few epochs: the tests check wiring and outputs; learning itself is tested in the model tests
     raw["train_mfl"]["train"].update({"epochs": 3, "batch_size": 32, "progress": False})
     raw["train_sal"]["model"].update({"max_len": 64, "window": 16, "block_size": 8, "top_k": 2})
-    raw["train_sal"]["train"].update({"epochs": 3, "batch_size": 16, "progress": False})
+    raw["train_sal"]["train"].update({"epochs": 3, "batch_size": 16, "progress": False, **EPOCH_BUDGET})
     raw["evaluate"]["sasrec"]["model"].update({"max_len": 64})
-    raw["evaluate"]["sasrec"]["train"].update({"epochs": 3, "batch_size": 16, "progress": False})
+    raw["evaluate"]["sasrec"]["train"].update({"epochs": 3, "batch_size": 16, "progress": False, **EPOCH_BUDGET})
     # tiny models on tiny data cannot be told apart reliably: the wiring tests accept any outcome vs baselines
     raw["gate"].update({"min_gain_over_popularity": -1.0, "min_gain_over_sasrec": -1.0, "max_regression_vs_champion": 1.0})
     for key, value in overrides.items():

@@ -13,6 +13,11 @@ import pytest
 import requests
 
 
+# SAL/SASRec budgets in plain epochs, as the wiring tests count them: no step floors (a tiny data set would
+# otherwise train min_evals x min_eval_steps steps), no warm-up, constant learning rate.
+EPOCH_BUDGET = {"min_eval_steps": 1, "min_evals": 1, "warmup_steps": 0, "lr_schedule": "constant"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

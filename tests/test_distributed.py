@@ -29,7 +29,7 @@ from mufasa.models.sal import SALConfig
 from mufasa.training import distributed
 from mufasa.training.mfl_trainer import MFLTrainConfig, train_mfl
 from mufasa.training.sal_trainer import SALTrainConfig, train_sal
-from tests.helpers import free_port
+from tests.helpers import EPOCH_BUDGET, free_port
 
 WORLD = 2
 SAL_EPOCHS, MFL_EPOCHS = 3, 3
@@ -38,7 +38,7 @@ SAL_EPOCHS, MFL_EPOCHS = 3, 3
 # and 8).
 SAL_MODEL = SALConfig(n_items=30, d_model=16, n_heads=2, n_layers=1, window=4, block_size=4, top_k=2, max_len=24,
                       dropout=0.0, loss="full", item_feature_dim=4)
-SAL_TRAIN = SALTrainConfig(epochs=SAL_EPOCHS, batch_size=8, lr=3e-3, patience=100, seed=3, device="cpu",
+SAL_TRAIN = SALTrainConfig(**EPOCH_BUDGET, epochs=SAL_EPOCHS, batch_size=8, lr=3e-3, patience=100, seed=3, device="cpu",
                            progress=False)
 FUSION = FusionConfig(side_dim=5, text_dim=24, image_dim=40, d_model=16, out_dim=8, collab_dim=8, n_heads=2,
                       dropout=0.0)
@@ -117,7 +117,7 @@ def run_both(folder: Path, rank: int) -> dict:
                         on_metrics=on_metrics)
     return {
         "sal_first_epochs": first.epochs_run,
-        "sal_resumed_from": sal.resumed_from,
+        "sal_resumed_from": sal.resumed_from // sal.budget.steps_per_epoch,  # in epochs (resumed_from: steps)
         "sal_history": [{k: v for k, v in r.items() if k != "seconds"} for r in sal.history],
         "sal_state": {k: v.clone() for k, v in sal.model.state_dict().items()},
         "sal_grads": sal_steps.grads,

@@ -25,7 +25,7 @@ from mufasa.data.io import file_md5, tree_md5
 from mufasa.models.sasrec import SASRecConfig
 from mufasa.training.common import Checkpointer, CheckpointWarning
 from mufasa.training.sal_trainer import SALTrainConfig, train_sal
-from tests.helpers import free_port
+from tests.helpers import EPOCH_BUDGET, free_port
 from tests.conftest import REPO, synthetic_params_dict, tool_env
 
 runner = CliRunner()
@@ -38,7 +38,7 @@ def _tiny_sasrec_run(ckpt_dir, epochs):
     items = rng.integers(1, 25, offsets[-1])
     targets = rng.integers(1, 25, len(lengths))
     cfg = SASRecConfig(n_items=25, d_model=16, max_len=16)
-    train = SALTrainConfig(epochs=epochs, batch_size=8, patience=50, progress=False, device="cpu")
+    train = SALTrainConfig(**EPOCH_BUDGET, epochs=epochs, batch_size=8, patience=50, progress=False, device="cpu")
     return train_sal(cfg, train, (offsets, items, np.zeros_like(items)), targets, checkpoint_dir=ckpt_dir)
 
 
@@ -80,7 +80,7 @@ def test_a_checkpoint_that_cannot_be_loaded_is_set_aside_and_training_starts_fre
     with warnings.catch_warnings():
         warnings.simplefilter("error", CheckpointWarning)
         again = _tiny_sasrec_run(tmp_path, epochs=4)
-    assert again.resumed_from == 3
+    assert again.resumed_from == 3 * result.budget.steps_per_epoch  # resumed_from counts optimizer steps
 
 
 def test_a_readable_checkpoint_is_loaded_without_unpickling_code(tmp_path, monkeypatch):

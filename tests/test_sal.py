@@ -22,10 +22,12 @@ from mufasa.training.sal_trainer import (
     extend_sequences,
     length_bucketed_batches,
     pad_sequences,
+    resolve_budget,
     score_users,
     train_sal,
 )
 
+from tests.helpers import EPOCH_BUDGET
 from torch_devices import DEVICES, exact_single_thread  # tests/torch_devices.py
 
 
@@ -233,7 +235,7 @@ def successor_data(n_users: int, n_items: int, seed: int, p_follow: float = 0.8)
     return (offsets, items, ts), np.array([s[-1] for s in seqs])
 
 
-FAST_TRAIN = SALTrainConfig(epochs=4, batch_size=32, lr=3e-3, progress=False, seed=0)
+FAST_TRAIN = SALTrainConfig(**EPOCH_BUDGET, epochs=4, batch_size=32, lr=3e-3, progress=False, seed=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -293,7 +295,7 @@ def test_full_sal_recalls_a_replayed_session_that_window_only_cannot(device):
                      time_encoding=False)
     # Learning to recall is a plateau-then-drop curve (as induction-style copying is for dense attention): with
     # this data the drop came at epoch 5 (seed 0), 8 (seed 1) and 9 (seed 2); 12 epochs leave room.
-    train_cfg = SALTrainConfig(epochs=12, batch_size=32, lr=3e-3, progress=False, device=device)
+    train_cfg = SALTrainConfig(**EPOCH_BUDGET, epochs=12, batch_size=32, lr=3e-3, progress=False, device=device)
     full = train_sal(base, train_cfg, seqs, no_targets).model
     window_only = train_sal(replace(base, use_compressed=False, use_selected=False), train_cfg, seqs, no_targets).model
     full_ndcg, window_ndcg = replay_ndcg(full, test_rows, S), replay_ndcg(window_only, test_rows, S)
@@ -310,13 +312,13 @@ def test_resumed_run_continues_the_same_curve(tmp_path, device):
     as a second uninterrupted run is (the noise floor), and exactly equal when CUDA happens to be deterministic."""
     seqs, targets = successor_data(120, 30, seed=1)
     cfg = SALConfig(n_items=30, **{**SMALL, "dropout": 0.2})  # dropout: the RNG state must be restored too
-    train_cfg = SALTrainConfig(epochs=4, batch_size=16, lr=3e-3, progress=False, seed=3, patience=100,
-                               device=device)
+    train_cfg = SALTrainConfig(**EPOCH_BUDGET, epochs=4, batch_size=16, lr=3e-3, progress=False, seed=3,
+                               patience=100, device=device)
     uninterrupted = train_sal(cfg, train_cfg, seqs, targets)
     first = train_sal(cfg, replace(train_cfg, epochs=2), seqs, targets, checkpoint_dir=tmp_path)
     assert first.epochs_run == 2 and first.resumed_from is None
     resumed = train_sal(cfg, train_cfg, seqs, targets, checkpoint_dir=tmp_path)
-    assert resumed.resumed_from == 2 and resumed.epochs_run == 4
+    assert resumed.resumed_from == 2 * first.budget.steps_per_epoch and resumed.epochs_run == 4
 
     def curve(result):
         return [{k: v for k, v in row.items() if k != "seconds"} for row in result.history]
@@ -351,17 +353,102 @@ def test_early_stopping_keeps_the_best_state_and_reports_metrics(device):
     cfg = SALConfig(n_items=30, **SMALL, item_feature_dim=4)  # with fused item features, as the pipeline runs
     features = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
     seen: list[tuple[int, dict]] = []
-    train_cfg = SALTrainConfig(epochs=12, batch_size=16, lr=3e-2, patience=2, progress=False, device=device)
+    train_cfg = SALTrainConfig(
+        **EPOCH_BUDGET, epochs=12, batch_size=16, lr=3e-2, patience=2, progress=False, device=device)
     result = train_sal(cfg, train_cfg, seqs, targets, item_features=features,
                        on_metrics=lambda step, row: seen.append((step, row)))
     torch.testing.assert_close(result.model.item_features[1:].cpu(), torch.from_numpy(features))  # frozen
     ndcgs = [row["val_ndcg@10"] for row in result.history]
     assert result.best["val_ndcg@10"] == max(ndcgs)
     assert evaluate_next_item(result.model, seqs, targets)["ndcg@10"] == pytest.approx(max(ndcgs))
-    assert [s for s, _ in seen] == list(range(1, result.epochs_run + 1))
+    per_epoch = result.budget.steps_per_epoch  # EPOCH_BUDGET: one evaluation an epoch
+    assert [s for s, _ in seen] == [per_epoch * e for e in range(1, int(result.epochs_run) + 1)]
     best_epoch = int(result.best["epoch"])
     if result.epochs_run < 12:  # stopped early: exactly `patience` evaluations without improvement
         assert result.epochs_run == best_epoch + 2
+
+
+def test_the_step_budget_scales_with_the_data_not_with_epochs():
+    cfg = SALTrainConfig(epochs=200, batch_size=64, patience=10)  # the shipped floors: 100 steps, 30 evaluations
+    many = resolve_budget(cfg, 10_000)  # 157 steps an epoch: epochs decide
+    assert (many.steps_per_epoch, many.eval_every_steps, many.max_steps) == (157, 157, 200 * 157)
+    few = resolve_budget(cfg, 300)  # 5 steps an epoch: 200 epochs would be 1,000 steps, judged every 5
+    assert (few.steps_per_epoch, few.eval_every_steps, few.max_steps) == (5, 100, 30 * 100)
+    assert few.warmup_steps == 100 and many.warmup_steps == 157  # one evaluation period (<= 5 % of the budget)
+    capped = resolve_budget(replace(cfg, max_steps=1_000), 300)
+    assert capped.max_steps == 1_000 and capped.warmup_steps == 50
+    assert resolve_budget(replace(cfg, warmup_steps=7), 300).warmup_steps == 7
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "linear"])
+def test_learning_rate_warms_up_then_follows_the_schedule(schedule):
+    budget = resolve_budget(SALTrainConfig(batch_size=10, epochs=10, min_eval_steps=1, min_evals=1, warmup_steps=20,
+                                           lr_schedule=schedule, min_lr_ratio=0.1), 100)
+    factors = [budget.lr_factor(step) for step in range(budget.max_steps)]
+    assert budget.max_steps == 100 and factors[:20] == pytest.approx([(i + 1) / 20 for i in range(20)])
+    tail = factors[20:]
+    if schedule == "constant":
+        assert tail == [1.0] * 80
+    else:
+        assert tail[0] == pytest.approx(1.0) and all(a >= b for a, b in zip(tail, tail[1:]))
+        assert tail[-1] == pytest.approx(0.1, abs=0.02)  # decays to min_lr_ratio at the end of the budget
+        assert budget.lr_factor(20 + 40) == pytest.approx(0.1 + 0.9 * 0.5)  # half way: both at half the span
+        assert budget.lr_factor(20 + 20) > 0.1 + 0.9 * 0.75 if schedule == "cosine" else True
+
+
+def test_small_data_trains_for_the_step_floor_with_evaluations_mid_epoch():
+    """120 users in batches of 16: 8 steps an epoch. One epoch would be 8 steps; the floors make it 3 evaluation
+    periods of 10 steps (30 steps, 3.75 epochs), so validations fall mid-epoch; the lr column shows the schedule."""
+    seqs, targets = successor_data(120, 30, seed=1)
+    cfg = SALConfig(n_items=30, **SMALL)
+    train_cfg = SALTrainConfig(epochs=1, batch_size=16, lr=3e-3, patience=100, min_eval_steps=10, min_evals=3,
+                               warmup_steps=4, lr_schedule="cosine", progress=False, seed=0)
+    result = train_sal(cfg, train_cfg, seqs, targets)
+    assert result.steps_run == 30 and result.epochs_run == pytest.approx(30 / 8)
+    assert [int(r["step"]) for r in result.history] == [10, 20, 30]
+    assert [r["epoch"] for r in result.history] == pytest.approx([10 / 8, 20 / 8, 30 / 8])
+    assert [r["lr"] for r in result.history] == pytest.approx(
+        [3e-3 * result.budget.lr_factor(int(r["step"]) - 1) for r in result.history])
+    assert all("val_ndcg@10" in r for r in result.history)
+
+
+def test_early_stopping_counts_evaluations_not_epochs():
+    seqs, targets = successor_data(100, 30, seed=2)
+    train_cfg = SALTrainConfig(epochs=50, batch_size=16, lr=3e-2, patience=2, min_eval_steps=3, min_evals=1,
+                               warmup_steps=0, lr_schedule="constant", progress=False)  # 7 steps an epoch
+    result = train_sal(SALConfig(n_items=30, **SMALL), train_cfg, seqs, targets)
+    steps = [int(r["step"]) for r in result.history]
+    assert result.budget.eval_every_steps == 7 and steps == [7 * (i + 1) for i in range(len(steps))]
+    best = int(result.best["step"])
+    assert result.steps_run < result.budget.max_steps  # stopped early ...
+    assert steps[-1] == best + 2 * 7  # ... exactly `patience` evaluations after the best one
+
+
+def test_a_run_resumes_mid_epoch_onto_the_same_curve(tmp_path):
+    """Evaluation periods of 10 steps in epochs of 8: the checkpoint after 10 steps is mid-epoch 2; resuming must
+    replay the rest of that epoch's batch order and RNG, not start a new epoch."""
+    seqs, targets = successor_data(120, 30, seed=1)
+    cfg = SALConfig(n_items=30, **{**SMALL, "dropout": 0.2})
+    train_cfg = SALTrainConfig(epochs=1, batch_size=16, lr=3e-3, patience=100, min_eval_steps=10, min_evals=3,
+                               warmup_steps=4, lr_schedule="constant", progress=False, seed=3)
+    uninterrupted = train_sal(cfg, train_cfg, seqs, targets)
+    first = train_sal(cfg, replace(train_cfg, max_steps=10), seqs, targets, checkpoint_dir=tmp_path)
+    assert first.steps_run == 10 and first.epochs_run == 1.25
+    resumed = train_sal(cfg, train_cfg, seqs, targets, checkpoint_dir=tmp_path)
+    assert resumed.resumed_from == 10 and resumed.steps_run == 30
+
+    def curve(result):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in result.history]
+
+    assert curve(resumed) == curve(uninterrupted)
+    for (name, a), b in zip(uninterrupted.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    # a decaying schedule depends on the budget: a checkpoint of another budget is set aside, not resumed
+    cosine = replace(train_cfg, lr_schedule="cosine")
+    train_sal(cfg, replace(cosine, max_steps=10), seqs, targets, checkpoint_dir=tmp_path / "cos")
+    with pytest.warns(CheckpointWarning, match="different configuration"):
+        again = train_sal(cfg, cosine, seqs, targets, checkpoint_dir=tmp_path / "cos")
+    assert again.resumed_from is None and again.steps_run == 30
 
 
 @pytest.mark.parametrize("device", DEVICES)

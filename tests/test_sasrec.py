@@ -12,6 +12,7 @@ from mufasa.models.sasrec import SASRecConfig, SASRecModel
 from mufasa.pipeline.params import parse_params, sasrec_configs
 from mufasa.training.sal_trainer import SALTrainConfig, pad_sequences, train_sal, training_windows
 from tests.conftest import REPO
+from tests.helpers import EPOCH_BUDGET
 
 
 def _shipped():
@@ -24,6 +25,8 @@ def test_shipped_sasrec_has_the_reference_settings():
     assert (model.d_model, model.n_layers, model.n_heads, model.inner_size) == (64, 2, 2, 256)
     assert (model.dropout, model.attn_dropout, model.max_len) == (0.5, 0.5, 200)
     assert (train.lr, train.weight_decay, train.grad_clip, train.patience, train.eval_every) == (1e-3, 0.0, None, 10, 1)
+    # one evaluation an epoch and a constant learning rate, as the reference (no step floors, warm-up or decay)
+    assert (train.min_eval_steps, train.warmup_steps, train.lr_schedule) == (1, 0, "constant")
     # seeded as MUFASA, so a seeded comparison reseeds both
     assert train.seed == _shipped().train_sal.train.seed
 
@@ -131,8 +134,9 @@ def test_target_weighting_gives_every_target_the_same_weight_over_an_epoch(monke
     offsets = np.r_[0, np.cumsum(lengths)]
     items = rng.integers(1, 30, offsets[-1])
     cfg = SASRecConfig(n_items=30, d_model=16, max_len=64, dropout=0.0, attn_dropout=0.0)
-    train = SALTrainConfig(epochs=1, batch_size=4, weight_decay=0.0, grad_clip=None, progress=False, device="cpu",
-                           loss_weighting=weighting)
+    train = SALTrainConfig(
+        **EPOCH_BUDGET, epochs=1, batch_size=4, weight_decay=0.0, grad_clip=None, progress=False, device="cpu",
+        loss_weighting=weighting)
     grads = []
 
     def record(self, closure=None):
@@ -161,7 +165,8 @@ def test_sasrec_learns_a_deterministic_successor():
     items = np.concatenate(seqs)
     valid_targets = np.array([(s[-1] % n_items) + 1 for s in seqs])
     cfg = SASRecConfig(n_items=n_items, d_model=32, max_len=32, dropout=0.1, attn_dropout=0.1)
-    train = SALTrainConfig(epochs=40, batch_size=16, lr=3e-3, weight_decay=0.0, grad_clip=None, patience=40,
-                           progress=False, device="cpu")
+    train = SALTrainConfig(
+        **EPOCH_BUDGET, epochs=40, batch_size=16, lr=3e-3, weight_decay=0.0, grad_clip=None, patience=40,
+        progress=False, device="cpu")
     result = train_sal(cfg, train, (offsets, items, np.zeros_like(items)), valid_targets)
     assert result.best["val_mrr@10"] > 0.9  # 12 items: hr@10 would be trivial, the rank must be first

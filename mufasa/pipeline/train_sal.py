@@ -41,7 +41,8 @@ def _train_sal(params, paths: ProjectPaths, on_metrics: MetricsCallback | None =
     reports.mkdir(parents=True, exist_ok=True)
     curves = plot_training_curves(result.history, reports / "curves.png", criterion="val_ndcg@10", mode="max")
     write_json(history_series(result.history), paths.sal_history)
-    metrics = {**{f"best_{k}": v for k, v in best.items()}, "epochs_run": float(result.epochs_run)}
+    metrics = {**{f"best_{k}": v for k, v in best.items()}, "epochs_run": float(result.epochs_run),
+               "steps_run": float(result.steps_run)}
     info = {
         "resumed_from": result.resumed_from,
         "uses_fused": inputs.fused is not None,
@@ -51,7 +52,9 @@ def _train_sal(params, paths: ProjectPaths, on_metrics: MetricsCallback | None =
         "train_sal",
         {"model": folder / "model.pt", "config": folder / "config.json"},
         metrics,
-        {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg)},
+        # budget: the step budget resolved from the data size (steps an epoch, evaluation period, warm-up, cap)
+        {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
+         "budget": dataclasses.asdict(result.budget)},
         info,
         artifacts=(curves, folder / "config.json"),
     )

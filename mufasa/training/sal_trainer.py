@@ -12,9 +12,13 @@
   more. Long histories are cut into windows (:func:`training_windows`, ``window_stride``).
 - Validation: each user with a target ranks it against **all** items given the user's train sequence (the last
   ``max_len`` events); NDCG@10 drives early stopping. Pessimistic ties (:mod:`mufasa.evaluation.metrics`).
-- AdamW with gradient clipping, bf16 autocast on CUDA, a checkpoint after every epoch (model, optimizer, early
-  stopping, best weights, history, RNG states) and exact resume: a run stopped after k epochs and resumed to E
-  follows the same curve as an uninterrupted E-epoch run.
+- The budget is counted in optimizer steps (:func:`resolve_budget`): ``epochs`` passes, but at least
+  ``min_evals`` evaluation periods of at least ``min_eval_steps`` steps, so 300 users with thousands of events
+  (a few steps an epoch) train as long as 943 short histories; early stopping counts evaluations. Linear warm-up,
+  then a constant, cosine or linear learning rate over the budget.
+- AdamW with gradient clipping, bf16 autocast on CUDA, a checkpoint after every evaluation, mid-epoch included
+  (model, optimizer, early stopping, best weights, history, the epoch's batch order and position, RNG states),
+  and exact resume: a run stopped after k steps and resumed follows the same curve as an uninterrupted run.
 - Under torchrun (:mod:`mufasa.training.distributed`): DDP, each rank takes a contiguous shard of every global
   batch and scales its mean loss by ``world · P_rank / P_batch`` (P = positions with a target), so DDP's gradient
   mean equals the gradient of the global batch's mean loss. Exact for ``loss: full``; the sampled softmax draws
@@ -27,6 +31,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -55,15 +61,19 @@ __all__ = [
     "SALTrainConfig",
     "SALTrainResult",
     "SequenceBatch",
+    "TrainingBudget",
     "evaluate_next_item",
     "extend_sequences",
     "training_windows",
     "iter_last_scores",
     "length_bucketed_batches",
     "pad_sequences",
+    "resolve_budget",
     "score_users",
     "train_sal",
 ]
+
+log = logging.getLogger(__name__)
 
 TrainSeqs = tuple[np.ndarray, np.ndarray, np.ndarray]  # (offsets (U+1,), items_index (E,), timestamps (E,))
 BUCKET_BATCHES = 50  # batches per length-sorting chunk: low padding waste, still well-mixed batches
@@ -71,13 +81,21 @@ BUCKET_BATCHES = 50  # batches per length-sorting chunk: low padding waste, stil
 
 @dataclass(frozen=True)
 class SALTrainConfig:
-    """How SAL is trained (the model's shape lives in ``SALConfig``)."""
+    """How SAL is trained (the model's shape lives in ``SALConfig``).
 
-    # Enough for ML-100k-sized data to converge; early stopping usually ends the run first.
+    The budget is counted in optimizer steps, resolved from the data size by :func:`resolve_budget`: ``epochs``
+    passes over the training targets, but never fewer than ``min_evals`` evaluation periods, so a small set of
+    long histories (a few steps an epoch) trains as long as a large set of short ones; validation every
+    ``eval_every`` epochs but at least ``min_eval_steps`` steps apart; early stopping after ``patience``
+    evaluations without a better validation NDCG@10. The learning rate warms up linearly, then follows
+    ``lr_schedule`` over the budget.
+    """
+
+    # Passes over the training targets (the budget's size for data with many steps per epoch).
     epochs: int = 200
     # Users per batch; each contributes up to max_len positions to the loss. Global: split across DDP ranks.
     batch_size: int = 128
-    # SASRec's Adam learning rate; no schedule, so a resumed run with more epochs continues exactly.
+    # Peak learning rate (AdamW); see warmup_steps and lr_schedule.
     lr: float = 1e-3
     # Mild decoupled decay on matrices only (not biases, LayerNorms).
     weight_decay: float = 0.01
@@ -85,8 +103,20 @@ class SALTrainConfig:
     grad_clip: float | None = 1.0
     # Evaluations without a better NDCG@10 before stopping.
     patience: int = 10
-    # Validate every eval_every epochs (and after the last one).
+    # Validate every eval_every epochs (and at the end of the budget) ...
     eval_every: int = 1
+    # ... but never less than min_eval_steps optimizer steps apart: with a few steps an epoch (few users, long
+    # histories), an epoch is too little training to judge and patience would run out after a few dozen steps.
+    min_eval_steps: int = 100
+    # The budget is at least min_evals evaluation periods (3 x patience: room for a plateau, then a rise).
+    min_evals: int = 30
+    # Hard cap on optimizer steps (None: none).
+    max_steps: int | None = None
+    # Linear warm-up from 0 to lr over this many steps; None = one evaluation period, at most 5 % of the budget.
+    warmup_steps: int | None = None
+    # After warm-up: "constant", "cosine" (to min_lr_ratio x lr at the end of the budget) or "linear".
+    lr_schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
     seed: int = 0
     device: str = "auto"  # auto: CUDA when present, else CPU
     # Left-truncation length; None = the model's max_len (must not exceed it).
@@ -105,6 +135,14 @@ class SALTrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.eval_every < 1:
             raise ValueError("need epochs, batch_size, patience and eval_every >= 1")
+        if self.min_eval_steps < 1 or self.min_evals < 1 or (self.max_steps is not None and self.max_steps < 1):
+            raise ValueError("need min_eval_steps, min_evals and max_steps (or None) >= 1")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError("warmup_steps must be >= 0 (or None)")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError("min_lr_ratio must be in [0, 1]")
         if self.lr <= 0 or self.weight_decay < 0 or (self.grad_clip is not None and self.grad_clip <= 0):
             raise ValueError("need lr > 0, weight_decay >= 0, grad_clip > 0 (or None)")
         if self.max_len is not None and self.max_len < 1:
@@ -117,13 +155,68 @@ class SALTrainConfig:
             raise ValueError(f"batching must be 'bucketed' or 'random', got {self.batching!r}")
 
 
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+@dataclass(frozen=True)
+class TrainingBudget:
+    """The step budget of one run, resolved from the data size (:func:`resolve_budget`)."""
+
+    examples: int  # training rows (users, or windows of long histories) with at least one target
+    steps_per_epoch: int
+    eval_every_steps: int
+    max_steps: int
+    warmup_steps: int
+    lr_schedule: str
+    min_lr_ratio: float
+
+    @property
+    def epochs(self) -> float:
+        return self.max_steps / self.steps_per_epoch
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of the peak lr for the optimizer step that follows ``step`` completed steps."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.lr_schedule == "constant":
+            return 1.0
+        span = max(self.max_steps - self.warmup_steps, 1)
+        progress = min((step - self.warmup_steps) / span, 1.0)
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if self.lr_schedule == "cosine" else 1.0 - progress
+        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * shape
+
+    def describe(self) -> str:
+        return (
+            f"{self.examples} training examples, {self.steps_per_epoch} steps an epoch: budget {self.max_steps} "
+            f"steps ({self.epochs:.1f} epochs), validation every {self.eval_every_steps} steps, warm-up "
+            f"{self.warmup_steps} steps, then {self.lr_schedule} lr"
+        )
+
+
+def resolve_budget(cfg: SALTrainConfig, examples: int) -> TrainingBudget:
+    """Steps an epoch, evaluation period, budget and warm-up for ``examples`` training rows (see SALTrainConfig)."""
+    if examples < 1:
+        raise ValueError("no training examples")
+    per_epoch = -(-examples // cfg.batch_size)
+    every = max(cfg.eval_every * per_epoch, cfg.min_eval_steps)
+    budget = max(cfg.epochs * per_epoch, cfg.min_evals * every)
+    if cfg.max_steps is not None:
+        budget = min(budget, cfg.max_steps)
+    every = min(every, budget)
+    warmup = min(every, budget // 20) if cfg.warmup_steps is None else min(cfg.warmup_steps, budget)
+    return TrainingBudget(examples, per_epoch, every, budget, warmup, cfg.lr_schedule, cfg.min_lr_ratio)
+
+
 @dataclass
 class SALTrainResult:
     model: SALModel  # best-validation weights, eval mode, on the training device
-    history: list[dict[str, float]]  # one row per epoch: epoch, loss, seconds (+ validation metrics when run)
+    # one row per evaluation period: step, epoch (fractional), loss, lr, seconds (+ validation metrics when run)
+    history: list[dict[str, float]]
     best: dict[str, float]  # the history row of the best validation (the last row when nothing was validated)
-    epochs_run: int  # epochs completed, including those of a resumed checkpoint
-    resumed_from: int | None  # epochs already done in the checkpoint this run resumed from, else None
+    epochs_run: float  # epochs completed (steps / steps an epoch), including those of a resumed checkpoint
+    resumed_from: int | None  # optimizer steps already done in the checkpoint this run resumed from, else None
+    budget: TrainingBudget | None = None
+    steps_run: int = 0  # optimizer steps completed, including those of a resumed checkpoint
 
 
 # ---- batches -----------------------------------------------------------------------------------------------
@@ -335,10 +428,17 @@ def _check_inputs(model_cfg: SALConfig, seqs: TrainSeqs, valid_targets: np.ndarr
 def _fingerprint(
     model_cfg: SALConfig, train_cfg: SALTrainConfig, seqs: TrainSeqs, targets: np.ndarray, item_features
 ) -> str:
-    """What must match for a checkpoint to be resumable (epochs, patience, device and progress may change)."""
+    """What must match for a checkpoint to be resumable.
+
+    Patience, device and progress may change; so may the budget (epochs, max_steps, min_evals) with a constant
+    learning rate, where a longer run continues exactly. A decaying schedule depends on the budget: it must match.
+    """
     t = asdict(train_cfg)
-    for key in ("epochs", "patience", "device", "progress"):
+    for key in ("patience", "device", "progress"):
         t.pop(key)
+    if train_cfg.lr_schedule == "constant":
+        for key in ("epochs", "max_steps", "min_evals"):
+            t.pop(key)
     digest = hashlib.sha256()
     for arr in (*seqs, targets):
         digest.update(np.ascontiguousarray(arr, dtype=np.int64).tobytes())
@@ -383,8 +483,6 @@ def train_sal(
     max_len = train_cfg.max_len or model_cfg.max_len
     if max_len > model_cfg.max_len:
         raise ValueError(f"train max_len {max_len} exceeds the model's max_len {model_cfg.max_len}")
-    offsets = seqs[0]
-
     world = distributed.world_size()
     main = distributed.is_main()
     device = distributed.local_device(resolve_device(train_cfg.device))
@@ -409,7 +507,7 @@ def train_sal(
     fingerprint = _fingerprint(model_cfg, train_cfg, seqs, valid_targets, item_features)
     history: list[dict[str, float]] = []
     best_state: dict[str, Any] = copy.deepcopy(model.state_dict())
-    start_epoch, resumed_from = 0, None
+    resumed_from = None
     state = ckpt.load(map_location=device, fingerprint=fingerprint) if ckpt else None
     if state is not None:
         model.load_state_dict(state["model"])
@@ -417,79 +515,103 @@ def train_sal(
         stopper.load_state_dict(state["early_stopping"])
         best_state = state["best_model"]
         history = list(state["history"])
-        start_epoch = resumed_from = int(state["epoch"])
         set_rng_state(state["rng"], generator)
-    distributed.check_same("checkpoint epoch", start_epoch)
     # DDP's forward is the loss (it only synchronises gradients through forward()); `model` stays the bare module
     # for validation and state dicts.
     net = distributed.data_parallel(model, type(model).calculate_loss, device) if world > 1 else None
 
-    n_batches = -(-len(train_users) // train_cfg.batch_size)
+    budget = resolve_budget(train_cfg, len(train_users))
+    if main:
+        log.info("%s %s", type(model).__name__, budget.describe())
     bucket_batches = BUCKET_BATCHES if train_cfg.batching == "bucketed" else 1
     # "target" weighting: a batch's loss is its summed loss over the epoch's mean targets per batch
-    mean_targets = float(n_targets[train_users].sum()) / n_batches
-    total = max(train_cfg.epochs - start_epoch, 0) * n_batches
-    bar = tqdm(total=total, desc="SAL", disable=not (train_cfg.progress and main), leave=False, dynamic_ncols=True)
-    epoch = start_epoch
+    mean_targets = float(n_targets[train_users].sum()) / budget.steps_per_epoch
+
+    def new_epoch(epoch: int) -> list[np.ndarray]:
+        distributed.seed_rank(train_cfg.seed, epoch)
+        return length_bucketed_batches(lengths[train_users], train_cfg.batch_size, generator, bucket_batches)
+
+    step, epoch, batches, pos = 0, 0, [], 0
+    if state is not None:  # resume where the checkpoint stopped, mid-epoch included
+        step, epoch, pos = int(state["step"]), int(state["epoch"]), int(state["batch_pos"])
+        sizes = state["epoch_batch_sizes"].tolist()
+        batches = [b.numpy() for b in torch.split(state["epoch_batches"].cpu(), sizes)] if sizes else []
+        resumed_from = step
+    distributed.check_same("checkpoint step", step)
+    bar = tqdm(total=max(budget.max_steps - step, 0), desc="SAL", disable=not (train_cfg.progress and main),
+               leave=False, dynamic_ncols=True)
+    loss_sum, weight_sum, t0 = 0.0, 0, time.perf_counter()
+    model.train()  # validation switches to eval mode and back
     try:
-        while epoch < train_cfg.epochs and not stopper.should_stop:
-            t0 = time.perf_counter()
-            model.train()
-            distributed.seed_rank(train_cfg.seed, epoch)
-            loss_sum, weight_sum = 0.0, 0
-            batches = length_bucketed_batches(lengths[train_users], train_cfg.batch_size, generator, bucket_batches)
-            for batch_pos in batches:
-                rows = train_users[batch_pos]
-                if net is None:
-                    batch = pad_sequences(*windows, rows, max_len, with_targets=True, skip=skip).to(device)
-                    with autocast(device):
-                        loss = model.calculate_loss(batch.items, batch.timestamps, batch.targets)
-                    n_pos = int((batch.targets > 0).sum())
-                    scaled = loss * (n_pos / mean_targets) if train_cfg.loss_weighting == "target" else loss
-                else:
-                    mine = distributed.shard(rows)  # an empty shard runs one row at weight 0 (DDP needs a backward)
-                    batch = pad_sequences(
-                        *windows, mine if len(mine) else rows[:1], max_len, with_targets=True, skip=skip
-                    ).to(device)
-                    with autocast(device):
-                        loss = net(batch.items, batch.timestamps, batch.targets)
-                    n_pos = int((batch.targets > 0).sum()) if len(mine) else 0
-                    n_batch = int(n_targets[rows].sum())  # target positions of the global batch
-                    if train_cfg.loss_weighting == "target":
-                        n_batch = mean_targets
-                    scaled = loss * (world * n_pos / n_batch)  # DDP averages over ranks: this sums to the global mean
-                opt.zero_grad(set_to_none=True)
-                scaled.backward()
-                if train_cfg.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-                opt.step()
-                loss_sum += loss.item() * n_pos
-                weight_sum += n_pos
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}", refresh=False)
-            epoch += 1
+        while step < budget.max_steps and not stopper.should_stop:
+            if pos == len(batches):
+                batches, pos = new_epoch(epoch), 0
+                epoch += 1
+            rows = train_users[batches[pos]]
+            if net is None:
+                batch = pad_sequences(*windows, rows, max_len, with_targets=True, skip=skip).to(device)
+                with autocast(device):
+                    loss = model.calculate_loss(batch.items, batch.timestamps, batch.targets)
+                n_pos = int((batch.targets > 0).sum())
+                scaled = loss * (n_pos / mean_targets) if train_cfg.loss_weighting == "target" else loss
+            else:
+                mine = distributed.shard(rows)  # an empty shard runs one row at weight 0 (DDP needs a backward)
+                batch = pad_sequences(
+                    *windows, mine if len(mine) else rows[:1], max_len, with_targets=True, skip=skip
+                ).to(device)
+                with autocast(device):
+                    loss = net(batch.items, batch.timestamps, batch.targets)
+                n_pos = int((batch.targets > 0).sum()) if len(mine) else 0
+                n_batch = int(n_targets[rows].sum())  # target positions of the global batch
+                if train_cfg.loss_weighting == "target":
+                    n_batch = mean_targets
+                scaled = loss * (world * n_pos / n_batch)  # DDP averages over ranks: this sums to the global mean
+            lr = train_cfg.lr * budget.lr_factor(step)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            scaled.backward()
+            if train_cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+            opt.step()
+            step += 1
+            pos += 1
+            loss_sum += loss.item() * n_pos
+            weight_sum += n_pos
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}", refresh=False)
+            if step % budget.eval_every_steps and step < budget.max_steps:
+                continue
+            # an evaluation period ends: validate, record, checkpoint
             if net is not None:
                 loss_sum, weight_sum = distributed.all_reduce_sum([loss_sum, weight_sum])
-            row: dict[str, float] = {"epoch": float(epoch), "loss": loss_sum / max(weight_sum, 1)}
-            if has_validation and (epoch % train_cfg.eval_every == 0 or epoch == train_cfg.epochs):
+            done = epoch - 1 + pos / len(batches)  # epochs completed, fractional mid-epoch
+            row: dict[str, float] = {"step": float(step), "epoch": round(done, 4),
+                                     "loss": loss_sum / max(weight_sum, 1), "lr": lr}
+            if has_validation:
                 metrics = None
                 if main:  # rank 0 validates; every rank gets its numbers, so all take the same decisions
                     metrics = evaluate_next_item(model, seqs, valid_targets, batch_size=max(train_cfg.batch_size, 256))
                 metrics = distributed.broadcast_object(metrics)
                 row.update({f"val_{k}": v for k, v in metrics.items()})
-                if stopper.update(metrics["ndcg@10"], epoch):
+                if stopper.update(metrics["ndcg@10"], step):
                     best_state = copy.deepcopy(model.state_dict())
-            elif not has_validation:
+            else:
                 best_state = copy.deepcopy(model.state_dict())
             row["seconds"] = time.perf_counter() - t0
             history.append(row)
             if on_metrics is not None and main:
-                on_metrics(epoch, dict(row))
+                on_metrics(step, dict(row))
             if ckpt is not None and main:
+                flat = [torch.as_tensor(b, dtype=torch.int64) for b in batches]
                 ckpt.save(
                     {
                         "fingerprint": fingerprint,
+                        "step": step,
                         "epoch": epoch,
+                        "batch_pos": pos,
+                        "epoch_batches": torch.cat(flat) if flat else torch.empty(0, dtype=torch.int64),
+                        "epoch_batch_sizes": torch.tensor([len(b) for b in flat], dtype=torch.int64),
                         "model": model.state_dict(),
                         "optimizer": opt.state_dict(),
                         "early_stopping": stopper.state_dict(),
@@ -498,12 +620,15 @@ def train_sal(
                         "rng": rng_state(generator),
                     }
                 )
+            loss_sum, weight_sum, t0 = 0.0, 0, time.perf_counter()
     finally:
         bar.close()
     distributed.barrier()  # rank 0's last checkpoint is on disk before any rank returns (and maybe resumes from it)
 
     model.load_state_dict(best_state)
     model.eval()
-    best_epoch = stopper.best_step if stopper.best is not None else len(history)
-    best = next((dict(r) for r in history if int(r["epoch"]) == best_epoch), dict(history[-1]) if history else {})
-    return SALTrainResult(model=model, history=history, best=best, epochs_run=len(history), resumed_from=resumed_from)
+    best_step = stopper.best_step if stopper.best is not None else step
+    best = next((dict(r) for r in history if int(r["step"]) == best_step), dict(history[-1]) if history else {})
+    epochs_run = round(step / budget.steps_per_epoch, 4)
+    return SALTrainResult(model=model, history=history, best=best, epochs_run=epochs_run,
+                          resumed_from=resumed_from, budget=budget, steps_run=step)
