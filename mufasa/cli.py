@@ -303,6 +303,35 @@ def tune(
     typer.echo(f"best: {summary(payload)}")
 
 
+@app.command()
+def scaling(
+    length: list[int] = typer.Option(None, "--length", help="History lengths L (repeat); default 256 1024 4096 8192."),
+    variant: list[str] = typer.Option(None, "--variant", help="sal, dense, window_only (repeat); default all."),
+    steps: int = typer.Option(120, help="Optimizer steps per trial (the same for every L)."),
+    tokens_per_step: int = typer.Option(8192, help="Tokens per step: batch = tokens / L users."),
+    users: int = typer.Option(64, help="Synthetic users per L (each with L + 2 events)."),
+    seed: int = typer.Option(0, help="Data and training seed."),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
+    out: Path = typer.Option(Path("benchmarks/results/scaling"), help="Output stem (.json/.md/.png)."),
+    root: Path = typer.Option(None, help="Project root (its params.yaml gives the model and training rule)."),
+    track: bool = typer.Option(True, help="Log every trial as a nested MLflow run."),
+) -> None:
+    """Scaling study: full SAL, dense attention and window-only SAL at growing history lengths L, with a fixed
+    number of tokens per step: test quality, time per training step and peak memory per L."""
+    from mufasa.pipeline.scaling import DEFAULT_LENGTHS, VARIANTS, ScalingConfig, run_scaling
+
+    paths, params = _project(root)
+    try:
+        cfg = ScalingConfig(
+            lengths=tuple(length or DEFAULT_LENGTHS), variants=tuple(variant or VARIANTS), steps=steps,
+            tokens_per_step=tokens_per_step, n_users=users, seed=seed, device=device,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    run_scaling(params, paths, out, cfg, tracking=track)
+    typer.echo(Path(out).with_suffix(".md").read_text())
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
 

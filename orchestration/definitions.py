@@ -18,6 +18,7 @@ from orchestration.defs.checks import CHECKS
 from orchestration.defs.jobs import build_retrain_schedule, retrain_job
 from orchestration.defs.resources import DvcResource, MlflowTracking, MufasaProject
 from orchestration.defs.sensors import SENSORS
+from orchestration.defs.studies import STUDIES
 
 
 def build_definitions(env: Mapping[str, str] | None = None) -> Definitions:
@@ -27,7 +28,7 @@ def build_definitions(env: Mapping[str, str] | None = None) -> Definitions:
     if push not in ("0", "1"):
         raise ValueError(f"MUFASA_DVC_PUSH={push!r}: use 1 (push each stage's outputs) or 0")
     return Definitions(
-        assets=ASSETS,
+        assets=[*ASSETS, *STUDIES],
         asset_checks=CHECKS,
         jobs=[retrain_job],
         schedules=[build_retrain_schedule(env)],

@@ -19,7 +19,8 @@ from dagster import (
 # and `dvc commit` never races on dvc.lock.
 retrain_job = define_asset_job(
     "retrain",
-    selection=AssetSelection.all(),
+    # every pipeline asset; studies (orchestration.defs.studies) are materialized on demand, never retrained
+    selection=AssetSelection.all() - AssetSelection.groups("studies"),
     executor_def=in_process_executor,
     description="Every stage, in order, with its blocking data checks.",
     # One retrain at a time per checkout: .dagster/dagster.yaml limits runs with this tag to 1, so a scheduled,
