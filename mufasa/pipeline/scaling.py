@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from mufasa.data.synthetic import SyntheticConfig, generate
-from mufasa.evaluation.protocol import EvalSet, evaluate, load_eval_data
+from mufasa.evaluation.protocol import evaluate, load_eval_data
 from mufasa.measure import peak_memory_mb, step_ms
 from mufasa.pipeline.params import quiet, sal_configs
 from mufasa.pipeline.paths import ProjectPaths
