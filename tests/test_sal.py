@@ -303,6 +303,22 @@ def test_full_sal_recalls_a_replayed_session_that_window_only_cannot(device):
     # window-only sees no session item near the replay: chance level (~0.02); full SAL must find the session
     assert window_ndcg < 0.1
     assert full_ndcg > window_ndcg + 0.5, (full_ndcg, window_ndcg)
+    # Explanations (`mufasa recommend --explain`): inside the replay, the past block the selection branch weighs
+    # most at the last event (over layers and heads) must be the original session's (events 0 .. S-1); an
+    # untrained model's choice among the 10 candidate blocks is no better than chance.
+    inside = torch.as_tensor(test_rows[:, : T - S + 4], device=full.position.weight.device)  # 4 events replayed
+
+    def session_shown(model: SALModel) -> float:
+        layers = model.explain_last(inside, None)
+        start = torch.stack([layer["block_start"][:, :, 0] for layer in layers], dim=1).flatten(1)  # (U, n*H)
+        weight = torch.stack([layer["block_weight"][:, :, 0] for layer in layers], dim=1).flatten(1)
+        best = start.gather(1, weight.argmax(dim=1, keepdim=True))[:, 0]
+        return ((best >= 0) & (best < S)).float().mean().item()
+
+    torch.manual_seed(0)
+    shown, untrained = session_shown(full), session_shown(base.build().to(device))
+    print(f"explanations whose top block is the replayed session: trained {shown:.2f}, untrained {untrained:.2f}")
+    assert shown > 0.8 and untrained < 0.5, (shown, untrained)
 
 
 @pytest.mark.parametrize("device", DEVICES)

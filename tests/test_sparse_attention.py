@@ -28,6 +28,7 @@ from mufasa.models.sparse_attention import (
     DenseCausalAttention,
     MultiGranularitySparseAttention,
     SparseAttentionConfig,
+    block_layout,
     dense_causal_attention,
 )
 
@@ -463,3 +464,53 @@ def test_reference_is_selectable_as_the_layer_implementation():
     torch.testing.assert_close(ref_module.eval()(x, valid), module(x, valid), rtol=1e-9, atol=1e-10)
     with pytest.raises(ValueError, match="impl"):
         SparseAttentionConfig(d_model=D, n_heads=H, impl="fast")
+
+
+@pytest.mark.parametrize("pad", [0, 37])
+def test_explain_last_names_the_past_block_the_selection_picks_in_the_callers_positions(pad):
+    """Shipped settings (window 64, blocks of 32, top-4, groups of 2). q = k = x and a marker vector in block 3
+    of the row's real events and at the query that scores the last group's selection: block 3 must come first,
+    reported at the caller's positions (a left-padded row's blocks start at its first real event), and it must be
+    one of the blocks :meth:`selection` itself picks."""
+    cfg = SparseAttentionConfig(d_model=8, n_heads=1)
+    attn = MultiGranularitySparseAttention(cfg).eval()
+    with torch.no_grad():
+        attn.qkv.weight.zero_()
+        attn.qkv.bias.zero_()
+        attn.qkv.weight[:8].copy_(torch.eye(8))  # q = x
+        attn.qkv.weight[8:16].copy_(torch.eye(8))  # k = x
+    L = 320
+    gen = torch.Generator().manual_seed(0)
+    x = 0.01 * torch.randn(1, L, 8, generator=gen)
+    valid = torch.arange(L)[None, :] >= pad
+    marker = torch.zeros(8)
+    marker[0] = 5.0
+    start = pad + 3 * 32
+    x[0, start : start + 32] += marker
+    n_real = L - pad
+    shift = pad % 64
+    last_slot = n_real - 1
+    first = (last_slot // 32) // 2 * 2  # the last position's selection group starts at this block
+    x[0, pad + (first - 1) * 32 + 31] += marker  # the query closing the block before the group
+    x = x * valid[..., None]
+    out = attn.explain_last(x, valid)
+    assert out["block_start"][0, 0, 0].item() == start and out["block_end"][0, 0, 0].item() == start + 32
+    assert out["block_weight"][0, 0, 0] > 0.9 and (out["block_weight"][0, 0] <= out["block_weight"][0, 0, 0]).all()
+    assert shift == pad  # (both pads are below the 64-event alignment)
+    # the same blocks as the selection branch's own choice for that group
+    layout = block_layout(valid, 32, align=64)
+    xb = layout.to_blocks(x)
+    q = xb.view(1, layout.n_blocks, 32, 1, 8).permute(0, 3, 1, 2, 4).contiguous()
+    block_ok = layout.valid.view(1, layout.n_blocks, 32).all(dim=2) if pad else None
+    idx, usable = attn.selection(q, attn.compress_k(q), block_ok)
+    chosen = {int(b) * 32 + pad for b, ok in zip(idx[0, 0, first // 2], usable[0, 0, first // 2]) if ok}
+    assert {int(s) for s in out["block_start"][0, 0] if s >= 0} == chosen
+    # gates at the last position, as branch_outputs reports them
+    gates = attn.branch_outputs(x, valid)["gates"][0, :, L - 1]
+    torch.testing.assert_close(out["gates"][0], gates)
+
+
+def test_explain_last_reports_no_block_before_the_first_selection_group():
+    attn = MultiGranularitySparseAttention(SparseAttentionConfig(d_model=8, n_heads=1)).eval()
+    out = attn.explain_last(torch.randn(1, 50, 8), torch.ones(1, 50, dtype=torch.bool))
+    assert (out["block_start"] == -1).all() and (out["block_weight"] == 0).all()

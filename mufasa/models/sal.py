@@ -249,6 +249,25 @@ class SALModel(nn.Module):
             h = block(h, valid)
         return self.ln_out(h) * valid[..., None].to(h.dtype)
 
+    @torch.no_grad()
+    def explain_last(self, items: Tensor, timestamps: Tensor | None = None) -> list[dict[str, Tensor]]:
+        """Per layer, :meth:`MultiGranularitySparseAttention.explain_last` at each row's last event: the past
+        blocks the selection branch weighted most and the branch gates (positions in the (B, L) input)."""
+        if self.config.attention != "sparse":
+            raise ValueError("explanations come from the sparse attention's selection branch; this model is dense")
+        captured: list[tuple[Tensor, Tensor]] = []
+        hooks = [block.attn.register_forward_pre_hook(lambda _m, args: captured.append((args[0], args[1])))
+                 for block in self.blocks]
+        was_training = self.training
+        self.eval()
+        try:
+            self.forward(items, timestamps)
+        finally:
+            for hook in hooks:
+                hook.remove()
+            self.train(was_training)
+        return [block.attn.explain_last(x, valid) for block, (x, valid) in zip(self.blocks, captured, strict=True)]
+
     # -- objective and scoring --------------------------------------------------------------------------------
 
     def calculate_loss(self, items: Tensor, timestamps: Tensor | None, targets: Tensor) -> Tensor:

@@ -565,6 +565,51 @@ class MultiGranularitySparseAttention(nn.Module):
         return result
 
 
+    @torch.no_grad()
+    def explain_last(self, x: Tensor, valid: Tensor) -> dict[str, Tensor]:
+        """Why the last position of each row (where the next item is predicted) attends where it does.
+
+        Returns, per row and head, the ``top_k`` past blocks the selection branch chose for that position's query
+        group (:meth:`selection`): ``block_start`` / ``block_end`` (B, H, k) long, the blocks' event positions in
+        the caller's layout (end exclusive; -1 for a slot with no usable block), ``block_weight`` (B, H, k) the
+        blocks' share of the softmax of the selection logits over all candidate blocks, and ``gates`` (B, H, 3)
+        the branch gates at that position in :data:`BRANCHES` order (zero for a disabled branch).
+        """
+        cfg = self.config
+        B, L, D = x.shape
+        check_left_padded(valid, L)
+        H, dh, bs = cfg.n_heads, cfg.head_dim, cfg.block_size
+        layout = block_layout(valid, bs, align=bs * cfg.group_blocks)
+        nb = layout.n_blocks
+        xb = layout.to_blocks(x)
+        qkv = self.qkv(xb).view(B, nb, bs, 3, H, dh).permute(3, 0, 4, 1, 2, 5).contiguous()
+        q, k, _ = qkv.unbind(0)
+        k_cmp = self.compress_k(k)  # (B, H, nb, dh)
+        shift = (L - valid.sum(1)) % (bs * cfg.group_blocks)  # (B,) the layout's left shift of each row
+        last = (L - 1) - shift  # (B,) block-layout slot of the last event
+        g, _ = self._groups(nb)
+        first = (last // bs) // g * g  # (B,) first block of the last position's query group
+        rows = torch.arange(B, device=x.device)
+        q_prev = q[rows, :, (first - 1).clamp(min=0), -1]  # (B, H, dh): the query closing the block before
+        logits = torch.einsum("bhd,bhnd->bhn", q_prev, k_cmp).float()  # (B, H, nb)
+        block_ok = layout.valid.view(B, nb, bs).all(dim=2)  # complete, real blocks
+        cand = (torch.arange(nb, device=x.device)[None, :] < first[:, None]) & block_ok  # (B, nb)
+        logits = logits.masked_fill(~cand[:, None, :], float("-inf"))
+        k_eff = min(cfg.top_k, max(nb - 1, 1))
+        top, idx = logits.topk(k_eff, dim=-1)  # (B, H, k), best first
+        usable = torch.isfinite(top)
+        weights = torch.softmax(logits, dim=-1).nan_to_num(0.0).gather(-1, idx)
+        start = idx * bs + shift[:, None, None]
+        gates = torch.sigmoid(self.gate(xb[rows, last])).view(B, H, 3)
+        gates = gates * torch.tensor(cfg.enabled, dtype=gates.dtype, device=gates.device)
+        return {
+            "block_start": torch.where(usable, start, -1),
+            "block_end": torch.where(usable, start + bs, -1),
+            "block_weight": torch.where(usable, weights, 0.0),
+            "gates": gates,
+        }
+
+
 class DenseCausalAttention(nn.Module):
     """SASRec-style dense causal self-attention (SDPA) with the same interface: the baseline and ablation."""
 
