@@ -115,6 +115,8 @@ class SyntheticSource:
     mean_block_len: float = 12.0
     within_block_drift: float = 0.3
     replay_prob: float = 0.15
+    tail_replay: int = 0  # > 0: every user's last events replay a segment >= tail_replay_gap events back
+    tail_replay_gap: int = 256
     image_size: int = 32
     seed: int = 0
 
@@ -227,7 +229,9 @@ class EvaluateConfig:
     filter_history: bool = False  # standard LOO protocol for sequential models ranks every item, history included
     ks: tuple[int, ...] = (10, 50)
     # Always run (the gate needs both): most-popular and the reference SASRec (ID-only, RecBole's settings).
-    baselines: tuple[Literal["popularity", "sasrec"], ...] = ("popularity", "sasrec")
+    # copy_oracle (mufasa.evaluation.oracle): copies what followed the best-matching earlier moment of a history;
+    # the reference for long-range recall on data with planted replays (ingest.synthetic.tail_replay)
+    baselines: tuple[Literal["popularity", "sasrec", "copy_oracle"], ...] = ("popularity", "sasrec")
     # Ablations of MUFASA, each one SAL training: MFL off (ID only), dense attention instead of the sparse
     # branches, SAL with branches removed.
     ablations: tuple[Ablation, ...] = ()

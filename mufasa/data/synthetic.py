@@ -153,6 +153,12 @@ class SyntheticConfig:
     within_block_drift: float = 0.3
     # 0.15 makes replays common enough to matter but rare enough that recency alone is not enough.
     replay_prob: float = 0.15
+    # Long-range test targets (0 = off): the last ``tail_replay`` events of every user replay a segment of that
+    # user's own history that ended at least ``tail_replay_gap`` events before the replay starts, so the
+    # validation and test targets (the last two events) are predictable only by looking that far back. Users too
+    # short for it (< 2 * tail_replay + tail_replay_gap events) are left as they are.
+    tail_replay: int = 0
+    tail_replay_gap: int = 256
     # 32x32 RGB is the smallest size at which shapes stay recognisable; keeps PNGs tiny.
     image_size: int = 32
     # 2020-09-13: well before END_TIMESTAMP, leaving years of room for long histories.
@@ -175,6 +181,8 @@ class SyntheticConfig:
             raise ValueError("within_block_drift must be in [0, 1]")
         if not 0.0 <= self.replay_prob <= 1.0:
             raise ValueError("replay_prob must be in [0, 1]")
+        if self.tail_replay < 0 or self.tail_replay == 1 or self.tail_replay_gap < 0:
+            raise ValueError("tail_replay must be 0 (off) or >= 2, tail_replay_gap >= 0")
         if self.image_size < 4:
             raise ValueError("image_size must be >= 4")
         if self.seed < 0:
@@ -478,6 +486,29 @@ def _simulate(
     return item_idx.astype(np.int64, copy=False), ts
 
 
+def tail_replay_sources(config: SyntheticConfig, lengths: np.ndarray) -> np.ndarray:
+    """(U,) the event index (within each user's history) where the segment that user's tail replays starts;
+    -1 for users too short to have one. Drawn from its own stream: the rest of the data does not change."""
+    rng = np.random.default_rng([config.seed, 0x7A11])
+    r, gap = config.tail_replay, config.tail_replay_gap
+    room = lengths - 2 * r - gap  # the source may start at 0 .. room
+    draw = np.floor(rng.random(len(lengths)) * (np.maximum(room, 0) + 1)).astype(np.int64)
+    return np.where(room >= 0, draw, -1)
+
+
+def _plant_tail_replays(config: SyntheticConfig, lengths: np.ndarray, item_idx: np.ndarray) -> None:
+    """Copy each user's source segment (:func:`tail_replay_sources`) over its last ``tail_replay`` events."""
+    r = config.tail_replay
+    src = tail_replay_sources(config, lengths)
+    users = np.flatnonzero(src >= 0)
+    if not users.size:
+        return
+    start = np.concatenate(([0], np.cumsum(lengths)[:-1]))[users]
+    offs = np.arange(r)
+    dst = (start + lengths[users] - r)[:, None] + offs
+    item_idx[dst.ravel()] = item_idx[((start + src[users])[:, None] + offs).ravel()]
+
+
 def generate(config: SyntheticConfig) -> SyntheticDataset:
     """Generate a dataset; identical output for identical configs."""
     rng = np.random.default_rng(config.seed)
@@ -485,6 +516,8 @@ def generate(config: SyntheticConfig) -> SyntheticDataset:
     lengths = _user_lengths(rng, config)
     item_idx, ts = _simulate(rng, config, lengths, order, global_cdf, cluster_end)
     item_idx += 1  # 0-based index -> 1-based item_id, in place to avoid another 8 B/event copy
+    if config.tail_replay:
+        _plant_tail_replays(config, lengths, item_idx)
     interactions = pd.DataFrame(
         {
             "user_id": np.repeat(np.arange(1, config.n_users + 1, dtype=np.int64), lengths),

@@ -5,6 +5,8 @@ test split (histories = train + validation event). Baselines and ablations are t
 training histories; ablations with MUFASA's objective and budget (``train_sal.train``):
 
 - ``popularity``: training-set item counts;
+- ``copy_oracle``: copies what followed the best-matching earlier moment of each history
+  (:mod:`mufasa.evaluation.oracle`), the reference for long-range recall on data with planted replays;
 - ``sasrec``: the reference SASRec (:mod:`mufasa.models.sasrec`: ID-only, RecBole's settings and early
   stopping, ``evaluate.sasrec``), the baseline the gate demands MUFASA beats;
 - ``mfl_off``: SAL on ID embeddings only; ``dense_attention``: MUFASA with dense causal attention instead of the
@@ -21,6 +23,7 @@ import dataclasses
 import numpy as np
 
 from mufasa.data.io import write_json, write_text
+from mufasa.evaluation.oracle import CopyOracleScorer
 from mufasa.evaluation.protocol import PopularityScorer, evaluate, evaluate_protocols
 from mufasa.evaluation.report import bar_plot, metrics_table
 from mufasa.pipeline.params import with_seed
@@ -98,6 +101,8 @@ def evaluate_all(
             results["mufasa"] = trained("mufasa")
     if "popularity" in wanted:
         results["popularity"] = score(PopularityScorer(data.train, n))
+    if "copy_oracle" in wanted:
+        results["copy_oracle"] = score(CopyOracleScorer(n))
     if "sasrec" in wanted:
         cb = (lambda step, m: on_metrics(step, {f"sasrec/{k}": v for k, v in m.items()})) if on_metrics else None
         variant = "sasrec" if seed is None else f"sasrec-seed{seed}"
