@@ -119,8 +119,11 @@ class DataDocsSite:
             if config.description and config.type not in config.description:
                 config.description = f"{config.description} ({config.type})"
             res = r.result or {}
-            if res.get("partial_unexpected_index_list") and "unexpected_index_list" not in res:
-                res["unexpected_index_list"] = res["partial_unexpected_index_list"]
+            rows = res.get("partial_unexpected_index_list")
+            if rows and isinstance(rows[0], dict) and "unexpected_index_list" not in res:
+                res["unexpected_index_list"] = rows
+                # some expectations (e.g. expect_column_values_to_be_null) leave the index columns out of their result
+                res.setdefault("unexpected_index_column_names", [ROW])
         key = ValidationResultIdentifier(
             ExpectationSuiteIdentifier(name=stored.suite_name), run_id, _batch_identifier(batch)
         )
