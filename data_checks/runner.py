@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,20 @@ def _row_label(entry: Any) -> Any:
     return entry.get(ROW) if isinstance(entry, dict) else entry
 
 
+def _publish(docs: DocsTarget, result, batch: str) -> Path | None:
+    """The validation's Data Docs page, or None with a warning: the pages are a view of the result, so a site
+    that cannot be written (full disk, read-only folder) never fails the validation itself."""
+    try:
+        return docs.publish(result, batch)
+    except Exception as exc:  # noqa: BLE001 - GX raises many kinds; the warning names it
+        warnings.warn(
+            f"GX Data Docs: the page of suite {result.suite_name!r} ({batch}) was not written in "
+            f"{docs.run.site.site_dir}: {type(exc).__name__}: {exc}",
+            stacklevel=3,
+        )
+        return None
+
+
 def run_suite(
     df: pd.DataFrame, suite: gx.ExpectationSuite, docs: DocsTarget | None = None, batch: str = "all rows"
 ) -> SuiteResult:
@@ -126,7 +141,7 @@ def run_suite(
                 description=r.expectation_config.description,
             )
         )
-    page = docs.publish(result, batch) if docs is not None else None
+    page = _publish(docs, result, batch) if docs is not None else None
     return SuiteResult(
         suite=suite.name, success=bool(result.success), n_rows=len(df), checks=tuple(checks), data_docs=page
     )

@@ -153,3 +153,13 @@ def test_chunked_table_links_the_first_failing_chunk_and_the_site_keeps_the_late
     assert result.data_docs.is_file()  # other suites keep theirs
     index = (tmp_path / "site" / "index.html").read_text()
     assert "run0" not in index and "run1" in index and "run2" in index
+
+
+def test_a_site_that_cannot_be_written_warns_and_the_validation_still_counts(tmp_path):
+    (tmp_path / "site").write_text("a file where the site's folder should be")
+    site = DataDocsSite(tmp_path / "site", tmp_path / "results")
+    items = pd.DataFrame({"item_id": [1, 1], "title": ["A", "B"], "genres": ["x", "y"], "year": [1990, 1991]})
+    with pytest.warns(UserWarning, match="GX Data Docs: the page of suite 'items'"):
+        result = run_suite(items, items_suite(now_year=2026), DocsRun.start(site, "validate").target("items"))
+    assert not result.success and result.data_docs is None
+    assert [c.unexpected_index for c in result.failures] == [(0, 1)]

@@ -40,7 +40,7 @@ from orchestration.defs.resources import MufasaProject
 
 def _run_name(context: AssetCheckExecutionContext) -> str:
     """The GX run name of a check's validation: the Dagster run it belongs to."""
-    return f"dagster-{context.run_id[:8]}"
+    return f"dagster-{context.run.run_id[:8]}"
 
 
 def _docs_metadata(result: SuiteResult, root: Path) -> dict:
