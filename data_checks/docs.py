@@ -22,11 +22,13 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import hashlib
+import logging
 import re
 import threading
-from urllib.parse import unquote
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 from typing import TYPE_CHECKING
 
 from data_checks.context import context
@@ -46,7 +48,7 @@ _lock = threading.Lock()  # the store registry and site builds (Dagster may run 
 _stores: dict[Path, str] = {}
 
 
-def _results_store_name(results_dir: Path):
+def _results_store_name(results_dir: Path) -> str:
     """Register (once per process) the filesystem results store of ``results_dir`` in the GX context."""
     results_dir = results_dir.resolve()
     name = _stores.get(results_dir)
@@ -66,6 +68,21 @@ def _results_store_name(results_dir: Path):
 def _batch_identifier(text: str) -> str:
     """A file-name-safe batch identifier (it names the page's file)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "batch"
+
+
+class _ErrorLog(logging.Handler):
+    """Collects the errors GX's renderers log (they log a part they cannot render instead of raising)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def first(self) -> str:
+        lines = [line.strip() for m in self.messages[:1] for line in m.splitlines() if line.strip()]
+        return " ".join(lines[1:2] or lines[:1])[:300] or "no error logged"
 
 
 @dataclass(frozen=True)
@@ -92,10 +109,6 @@ class DataDocsSite:
             },
             show_how_to_buttons=False,
         ), context().stores[store_name]
-
-    @property
-    def index(self) -> Path:
-        return self.site_dir / "index.html"
 
     def publish(
         self, result: ExpectationSuiteValidationResult, *, run_id: RunIdentifier, batch: str, asset: str
@@ -127,17 +140,25 @@ class DataDocsSite:
         key = ValidationResultIdentifier(
             ExpectationSuiteIdentifier(name=stored.suite_name), run_id, _batch_identifier(batch)
         )
+        errors = _ErrorLog()
+        render_log = logging.getLogger("great_expectations.render")
         with _lock:
-            builder, store = self._builder()
-            store.set(key, stored)
-            self._prune(builder, store, stored.suite_name)
-            builder.build(resource_identifiers=[key])
-            url = builder.get_resource_url(key)
-        if url is None:  # GX logs rendering errors instead of raising them
-            raise RuntimeError(
-                f"GX Data Docs: the page of suite {stored.suite_name!r} ({batch}) was not written in {self.site_dir}"
-            )
-        return Path(unquote(url.removeprefix("file://")))
+            render_log.addHandler(errors)
+            try:
+                builder, store = self._builder()
+                store.set(key, stored)
+                self._prune(builder, store, stored.suite_name)
+                builder.build(resource_identifiers=[key])
+                url = builder.get_resource_url(key)
+            finally:
+                render_log.removeHandler(errors)
+        what = f"the page of suite {stored.suite_name!r} ({batch})"
+        if url is None:
+            raise RuntimeError(f"GX Data Docs: {what} was not written in {self.site_dir}: {errors.first()}")
+        page = Path(unquote(url.removeprefix("file://")))
+        if errors.messages:  # GX logs a part it failed to render and writes the page without it
+            warnings.warn(f"GX Data Docs: {page} lacks parts GX failed to render: {errors.first()}", stacklevel=2)
+        return page
 
     def _prune(self, builder, store, suite: str) -> None:
         """Remove the results and pages of ``suite``'s runs older than its latest :attr:`keep`."""

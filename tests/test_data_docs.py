@@ -22,7 +22,9 @@ from mufasa.pipeline.tracking import Tracker
 from tests.conftest import write_files_params
 
 ITEMS_CSV = "item_id,title,genres,year\n1,Star Wars,Sci-Fi,1977\n2,Toy Story,Animation,1995\n3,Heat,Crime,1995\n"
-INTER_CSV = "user_id,item_id,timestamp\n" + "".join(f"{u},{i},{1_000_000 + 10 * u + i}\n" for u in (1, 2) for i in (1, 2, 3))
+INTER_CSV = "user_id,item_id,timestamp\n" + "".join(
+    f"{u},{i},{1_000_000 + 10 * u + i}\n" for u in (1, 2) for i in (1, 2, 3)
+)
 
 
 class _Tables(HTMLParser):
@@ -126,8 +128,9 @@ def test_failed_stage_logs_its_pages_to_the_mlflow_run(project, tmp_path):
             validate_stage.run(params, project, stage_run=run)
     client = MlflowClient(tracker.tracking_uri)
     assert client.get_run(run.run_id).info.status == "FAILED"
-    logged = {a.path for d in ("data_docs/items", "data_docs/interactions") for a in client.list_artifacts(run.run_id, d)}
-    assert {p.rsplit("/", 1)[0] for p in logged} == {"data_docs/items", "data_docs/interactions"}
+    folders = ("data_docs/items", "data_docs/interactions")
+    logged = {a.path for d in folders for a in client.list_artifacts(run.run_id, d)}
+    assert {p.rsplit("/", 1)[0] for p in logged} == set(folders)
     items_page = Path(client.download_artifacts(run.run_id, next(p for p in logged if "/items/" in p), str(tmp_path)))
     assert "expect_column_values_to_be_unique" in items_page.read_text() and unexpected_tables(items_page)
 
@@ -163,3 +166,17 @@ def test_a_site_that_cannot_be_written_warns_and_the_validation_still_counts(tmp
         result = run_suite(items, items_suite(now_year=2026), DocsRun.start(site, "validate").target("items"))
     assert not result.success and result.data_docs is None
     assert [c.unexpected_index for c in result.failures] == [(0, 1)]
+
+
+def test_a_part_gx_fails_to_render_is_reported_not_silently_dropped(tmp_path, monkeypatch):
+    import great_expectations.expectations.expectation as gx_expectation
+
+    def broken(**kwargs):
+        raise RuntimeError("table renderer broke")
+
+    monkeypatch.setattr(gx_expectation, "build_count_and_index_table", broken)
+    site = DataDocsSite(tmp_path / "site", tmp_path / "results")
+    items = pd.DataFrame({"item_id": [1, 1], "title": ["A", "B"], "genres": ["x", "y"], "year": [1990, 1991]})
+    with pytest.warns(UserWarning, match="lacks parts GX failed to render: .*table renderer broke"):
+        result = run_suite(items, items_suite(now_year=2026), DocsRun.start(site, "validate").target("items"))
+    assert result.data_docs.is_file() and unexpected_tables(result.data_docs) == []

@@ -36,7 +36,8 @@ def check_raw(cfg: IngestConfig, paths: ProjectPaths, write_report: bool = True,
     # The interactions table is read and checked one batch at a time: memory stays bounded at any size.
     chunks = iter_parquet_frames(paths.raw_interactions, validation.CHUNK_ROWS)
     inter_result = validation.check_interactions(
-        chunks, now=now, item_ids=items["item_id"], docs=docs, asset=validation.asset_name(paths.raw_interactions, paths)
+        chunks, now=now, item_ids=items["item_id"], docs=docs,
+        asset=validation.asset_name(paths.raw_interactions, paths),
     )
     report = {"interactions": inter_result.to_dict(), "items": items_result.to_dict()}
     if write_report:

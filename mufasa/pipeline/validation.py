@@ -37,15 +37,14 @@ def docs_run(paths: ProjectPaths, run_name: str) -> DocsRun:
     return DocsRun.start(DataDocsSite(paths.data_docs_dir, paths.validation_results_dir), run_name)
 
 
-def asset_name(path, paths: ProjectPaths, derived: bool = False) -> str:
+def asset_name(path, paths: ProjectPaths) -> str:
     """What a page says was validated: ``path`` relative to the project where it is inside it."""
     if str(path).startswith("<"):  # not a file, e.g. "<synthetic>"
         return str(path)
     try:
-        name = str(Path(path).resolve().relative_to(paths.root))
+        return str(Path(path).resolve().relative_to(paths.root))
     except ValueError:
-        name = str(path)
-    return f"{name} (derived)" if derived else name
+        return str(path)
 
 
 def log_data_docs(stage_run, results: Iterable[SuiteResult]) -> None:
@@ -92,7 +91,8 @@ def check_interactions(
     if check_ids:
         known = np.unique(np.asarray(item_ids))  # once per table, not per chunk
         chunks = (with_unknown_ids(c, ["item_id"], known) for c in chunks)
-    return run_suite_chunks(chunks, interactions_suite(now=now, check_item_ids=check_ids), docs and docs.target(asset))
+    suite = interactions_suite(now=now, check_item_ids=check_ids)
+    return run_suite_chunks(chunks, suite, docs and docs.target(asset))
 
 
 def check_sequences(
