@@ -62,7 +62,7 @@ ui: setup
 mlflow-ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow/mlflow.db --host 127.0.0.1 --port 5000
 
-# Generated, git-ignored outputs only (DVC-cached data and models, checkpoints): the metrics and reports git tracks
+# Generated, git-ignored outputs only (DVC-cached data and models, checkpoints, GX Data Docs): the metrics and reports git tracks
 # stay, and `dvc checkout` brings the rest back from the DVC cache.
 clean-outputs:
-	git clean -fdqX -- data/raw data/sequences data/features data/fused models checkpoints
+	git clean -fdqX -- data/raw data/sequences data/features data/fused models checkpoints reports/validation

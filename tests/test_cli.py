@@ -49,7 +49,8 @@ def test_make_clean_outputs_removes_only_generated_files(clone):
     from tests.conftest import run_ok
 
     generated = [clone / "data" / "raw" / "interactions.parquet", clone / "data" / "sequences" / "train.parquet",
-                 clone / "models" / "sal" / "model.pt", clone / "checkpoints" / "train_sal" / "mufasa" / "last.pt"]
+                 clone / "models" / "sal" / "model.pt", clone / "checkpoints" / "train_sal" / "mufasa" / "last.pt",
+                 clone / "reports" / "validation" / "data_docs" / "index.html"]
     for path in generated:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"generated")

@@ -115,11 +115,16 @@ def built(tmp_path_factory):
     return root
 
 
+# GX Data Docs of the validations a stage ran before it failed (git-ignored HTML and its results, not outputs)
+DATA_DOCS = ("reports/validation/data_docs/", "reports/validation/gx_results/")
+
+
 def _snapshot(root: Path, skip: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): file_md5(p)
         for p in sorted(root.rglob("*"))
         if p.is_file() and p != skip and not p.name.startswith(".mufasa.lock")  # the lock records who ran last
+        and not p.relative_to(root).as_posix().startswith(DATA_DOCS)
     }
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
 import pandas as pd
 import yaml
 from dagster import AssetKey, Definitions
@@ -113,8 +116,8 @@ def test_blocking_check_stops_downstream_when_stored_data_is_bad(project, monkey
     """If ingest ever wrote bad data (a bug, a hand edit), the blocking check must stop user_sequences."""
     real_ingest = ingest_stage.ingest
 
-    def buggy_ingest(cfg, paths):
-        result = real_ingest(cfg, paths)
+    def buggy_ingest(cfg, paths, stage_run=None):
+        result = real_ingest(cfg, paths, stage_run)
         items = pd.read_parquet(paths.raw_items)
         write_parquet(pd.concat([items, items.head(1)]), paths.raw_items)  # duplicate item id
         return result
@@ -125,6 +128,22 @@ def test_blocking_check_stops_downstream_when_stored_data_is_bad(project, monkey
     assert _checks(result)["interactions_suite"] is True
     assert USER_SEQUENCES not in _materialized(result) and ITEM_FEATURES not in _materialized(result)
     assert not project.sequences_dir.exists() and not project.features_dir.exists()
+    # the failed check links its GX Data Docs page, which shows the failing expectation
+    meta = _check_metadata(result)["items_suite"]
+    page = Path(unquote(urlparse(meta["data_docs"].value).path))
+    assert page.is_file() and page.is_relative_to(project.data_docs_dir)
+    assert meta["data_docs_path"].value == str(page.relative_to(project.root))
+    assert f"/dagster-{result.run_id[:8]}/" in meta["data_docs_path"].value  # this run's page
+    assert "expect_column_values_to_be_unique" in page.read_text()
+    assert Path(unquote(urlparse(meta["data_docs_index"].value).path)) == project.data_docs_dir / "index.html"
+
+
+def _check_metadata(result) -> dict[str, dict]:
+    return {
+        e.event_specific_data.check_name: e.event_specific_data.metadata
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
 
 
 def test_dagster_cli_validates_the_definitions(tmp_path):
@@ -150,7 +169,8 @@ def test_dagster_cli_validates_the_definitions(tmp_path):
 
 
 def test_executing_the_raw_data_check_changes_no_file(project):
-    """"Execute checks" in the UI only reads: no report rewritten, nothing committed to DVC (dvc.lock unchanged)."""
+    """"Execute checks" in the UI only reads: no report rewritten, nothing committed to DVC (dvc.lock unchanged);
+    it writes only its GX Data Docs pages (git-ignored, not DVC outputs), which its metadata links."""
     from dagster import AssetSelection, define_asset_job
 
     from mufasa.data.io import file_md5
@@ -170,5 +190,12 @@ def test_executing_the_raw_data_check_changes_no_file(project):
     result = Definitions(assets=list(d.assets), asset_checks=list(d.asset_checks), jobs=[job],
                          resources=resources).resolve_job_def("checks_only").execute_in_process(raise_on_error=False)
     assert result.success and _checks(result) == {"interactions_suite": True, "items_suite": True}
-    after = {p: file_md5(p) for p in project.root.rglob("*") if p.is_file() and not p.name.startswith(".mufasa.lock")}
-    assert after == {p: h for p, h in before.items() if not p.name.startswith(".mufasa.lock")}
+
+    def versioned(p: Path) -> bool:
+        docs = (project.data_docs_dir, project.validation_results_dir)
+        return not p.name.startswith(".mufasa.lock") and not any(p.is_relative_to(d) for d in docs)
+
+    after = {p: file_md5(p) for p in project.root.rglob("*") if p.is_file() and versioned(p)}
+    assert after == {p: h for p, h in before.items() if versioned(p)}
+    for meta in _check_metadata(result).values():
+        assert (project.root / meta["data_docs_path"].value).is_file()

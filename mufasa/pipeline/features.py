@@ -76,8 +76,9 @@ def feature_summary(item_ids: np.ndarray, features: ItemFeatures) -> pd.DataFram
     )
 
 
-def features(cfg: FeaturesConfig, paths: ProjectPaths) -> StageResult:
-    """Encode every item's title, image and side information; validate; write ``data/features/``."""
+def features(cfg: FeaturesConfig, paths: ProjectPaths, stage_run=None) -> StageResult:
+    """Encode every item's title, image and side information; validate (a Data Docs page, logged to
+    ``stage_run``); write ``data/features/``."""
     from mufasa.encoders import (
         entity_features,
         genre_multi_hot,
@@ -121,7 +122,11 @@ def features(cfg: FeaturesConfig, paths: ProjectPaths) -> StageResult:
 
     encoded = ItemFeatures(text, images.features, images.mask, side)
     summary = feature_summary(item_ids, encoded)
-    result = validation.check_features(summary, n_items=len(items), min_image_coverage=cfg.min_image_coverage)
+    result = validation.check_features(
+        summary, n_items=len(items), min_image_coverage=cfg.min_image_coverage,
+        docs=validation.docs_run(paths, "features"), asset=_asset(paths),
+    )
+    validation.log_data_docs(stage_run, [result])
     validation.raise_for([(result, TableSource(f"{paths.features_dir} (derived from {paths.raw_items})", "parquet"))])
 
     folder = paths.features_dir
@@ -182,14 +187,21 @@ def features(cfg: FeaturesConfig, paths: ProjectPaths) -> StageResult:
     return StageResult("features", outputs, metrics, params, info, artifacts=(folder / "meta.json",))
 
 
-def check_features(paths: ProjectPaths, min_image_coverage: float = 0.0) -> SuiteResult:
-    """Run the features suite on the stored feature files."""
+def _asset(paths: ProjectPaths) -> str:
+    return f"{validation.asset_name(paths.features_dir, paths)} (per-item feature summary)"
+
+
+def check_features(paths: ProjectPaths, min_image_coverage: float = 0.0, run_name: str = "features") -> SuiteResult:
+    """Run the features suite on the stored feature files; its Data Docs page is a run named ``run_name``."""
     stored = read_features(paths.features_dir)
     summary = feature_summary(stored.index["item_id"].to_numpy(), stored.features)
     n_items = len(read_parquet(paths.raw_items, columns=["item_id"]))
-    return validation.check_features(summary, n_items=n_items, min_image_coverage=min_image_coverage)
+    return validation.check_features(
+        summary, n_items=n_items, min_image_coverage=min_image_coverage,
+        docs=validation.docs_run(paths, run_name), asset=_asset(paths),
+    )
 
 
 def run(params: Params, paths: ProjectPaths, on_metrics=None, stage_run=None) -> StageResult:
     """The stage's entry point in the stage table (:mod:`mufasa.pipeline.stages`)."""
-    return features(params.features, paths)
+    return features(params.features, paths, stage_run)

@@ -111,11 +111,33 @@ def _load_public(cfg: IngestConfig, root: Path) -> LoadedSource:
     )
 
 
-def validate_frames(interactions: pd.DataFrame, items: pd.DataFrame, sources: dict[str, TableSource], now: int):
-    """Run the items and interactions suites; raise one error naming file/column/rows for every failure."""
-    items_result = validation.check_items(items, now=now)
+def validate_frames(
+    interactions: pd.DataFrame,
+    items: pd.DataFrame,
+    sources: dict[str, TableSource],
+    now: int,
+    paths: ProjectPaths | None = None,
+    stage_run=None,
+):
+    """Run the items and interactions suites; raise one error naming file/column/rows for every failure.
+
+    With ``paths``, both validations become GX Data Docs pages of a run named ``ingest`` (rows are the files'
+    0-based data rows), logged to ``stage_run`` before a failure is raised."""
+    docs = validation.docs_run(paths, "ingest") if paths is not None else None
+
+    def asset(name: str) -> str:
+        if paths is None:
+            return name
+        source = sources[name]
+        note = " (file line = row + 2)" if source.kind == "csv" else ""  # the header is line 1
+        return validation.asset_name(source.path, paths) + note
+
+    items_result = validation.check_items(items, now=now, docs=docs, asset=asset("items"))
     ids = items["item_id"] if items_result.success else items["item_id"].dropna()
-    inter_result = validation.check_interactions(interactions, now=now, item_ids=ids)
+    inter_result = validation.check_interactions(
+        interactions, now=now, item_ids=ids, docs=docs, asset=asset("interactions")
+    )
+    validation.log_data_docs(stage_run, [items_result, inter_result])
     validation.raise_for([(items_result, sources["items"]), (inter_result, sources["interactions"])])
     return items_result, inter_result
 
@@ -138,11 +160,12 @@ def interaction_stats(interactions: pd.DataFrame, items: pd.DataFrame) -> dict[s
     }
 
 
-def ingest(cfg: IngestConfig, paths: ProjectPaths) -> StageResult:
-    """Normalise the configured source into ``data/raw/`` after it passes the interactions and items suites."""
+def ingest(cfg: IngestConfig, paths: ProjectPaths, stage_run=None) -> StageResult:
+    """Normalise the configured source into ``data/raw/`` after it passes the interactions and items suites
+    (GX Data Docs pages, logged to ``stage_run``)."""
     now = validation.now_unix(cfg.now)
     src = load_source(cfg, paths.root)
-    validate_frames(src.interactions, src.items, src.sources, now)
+    validate_frames(src.interactions, src.items, src.sources, now, paths, stage_run)
 
     interactions = _renumbered(src.interactions)
     items = _renumbered(src.items)
@@ -205,4 +228,4 @@ def _portable(path: str, root: Path) -> str:
 
 def run(params: Params, paths: ProjectPaths, on_metrics=None, stage_run=None) -> StageResult:
     """The stage's entry point in the stage table (:mod:`mufasa.pipeline.stages`)."""
-    return ingest(params.ingest, paths)
+    return ingest(params.ingest, paths, stage_run)

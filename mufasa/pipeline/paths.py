@@ -58,6 +58,16 @@ class ProjectPaths:
         return self.reports_dir / "validation" / "raw.json"
 
     @property
+    def data_docs_dir(self) -> Path:
+        """GX Data Docs of every validation (HTML; git-ignored, not a DVC output: pages differ on every run)."""
+        return self.reports_dir / "validation" / "data_docs"
+
+    @property
+    def validation_results_dir(self) -> Path:
+        """The GX validation results (JSON) the Data Docs render (git-ignored, like the site)."""
+        return self.reports_dir / "validation" / "gx_results"
+
+    @property
     def metrics_dir(self) -> Path:
         return self.root / "metrics"
 

@@ -2,6 +2,7 @@
 
 Reads ``data/raw/interactions.parquet`` (user, item, time only) and ``items.parquet``; writes
 ``data/sequences/{train,valid,test}.parquet`` (:mod:`mufasa.data.sequences`) and ``metrics/sequences.json``.
+The suite's validation is a GX Data Docs page (``reports/validation/data_docs/``), logged to the stage's MLflow run.
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ __all__ = ["SEQUENCE_COLUMNS", "check_sequences", "sequences"]
 SEQUENCE_COLUMNS = ("user_id", "item_id", "timestamp")  # all the split needs (ratings stay in data/raw)
 
 
-def sequences(cfg: SequencesConfig, paths: ProjectPaths) -> StageResult:
+def sequences(cfg: SequencesConfig, paths: ProjectPaths, stage_run=None) -> StageResult:
     """Time-ordered per-user sequences and the leave-one-out split, checked by the sequences suite."""
     interactions, items = read_raw(paths, columns=list(SEQUENCE_COLUMNS))
     split = seq.leave_one_out(interactions, min_events=cfg.min_events)
     summary = seq.split_summary(split, interactions)
-    result = validation.check_sequences(summary, item_ids=items["item_id"])
+    result = validation.check_sequences(
+        summary, item_ids=items["item_id"], docs=validation.docs_run(paths, "sequences"), asset=_asset(paths)
+    )
+    validation.log_data_docs(stage_run, [result])
     validation.raise_for([(result, TableSource(f"{paths.sequences_dir} (derived)", "parquet"))])
 
     written = seq.write_split(split, paths.sequences_dir)
@@ -48,13 +52,21 @@ def sequences(cfg: SequencesConfig, paths: ProjectPaths) -> StageResult:
     return StageResult("sequences", outputs, metrics, {"min_events": cfg.min_events}, info)
 
 
-def check_sequences(paths: ProjectPaths) -> SuiteResult:
-    """Run the sequences suite on the stored split (what downstream stages will read)."""
+def _asset(paths: ProjectPaths) -> str:
+    return f"{validation.asset_name(paths.sequences_dir, paths)} (per-user split summary)"
+
+
+def check_sequences(paths: ProjectPaths, run_name: str = "sequences") -> SuiteResult:
+    """Run the sequences suite on the stored split (what downstream stages will read); its Data Docs page is a
+    run named ``run_name``."""
     interactions, items = read_raw(paths, columns=list(SEQUENCE_COLUMNS))
     split = seq.read_split(paths.sequences_dir)
-    return validation.check_sequences(seq.split_summary(split, interactions), item_ids=items["item_id"])
+    return validation.check_sequences(
+        seq.split_summary(split, interactions), item_ids=items["item_id"],
+        docs=validation.docs_run(paths, run_name), asset=_asset(paths),
+    )
 
 
 def run(params: Params, paths: ProjectPaths, on_metrics=None, stage_run=None) -> StageResult:
     """The stage's entry point in the stage table (:mod:`mufasa.pipeline.stages`)."""
-    return sequences(params.sequences, paths)
+    return sequences(params.sequences, paths, stage_run)
