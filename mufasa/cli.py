@@ -192,44 +192,69 @@ def promote(
     typer.echo(f"{params.gate.model_name}: champion {previous} -> {version}")
 
 
+def user_request(interactions_path: Path, user: int):
+    """The model input for ``user``: their whole ingested history (oldest first) as one ``item_ids`` /
+    ``timestamps`` row; ``None`` when the user has no events."""
+    import pandas as pd
+
+    from mufasa.data.sequences import order_events
+
+    interactions = pd.read_parquet(interactions_path, columns=["user_id", "item_id", "timestamp"],
+                                   filters=[("user_id", "==", user)])
+    if interactions.empty:
+        return None
+    mine = interactions.iloc[order_events(interactions)]
+    return pd.DataFrame(
+        {"item_ids": [mine["item_id"].astype("int64").tolist()],
+         "timestamps": [mine["timestamp"].astype("int64").tolist()]}
+    )
+
+
 @app.command()
 def recommend(
     user: int = typer.Option(..., help="User id (from the ingested interactions)."),
     k: int = typer.Option(10, help="How many items."),
     root: Path = typer.Option(None, help="Project root."),
     model_uri: str = typer.Option(None, help="Default: models:/<gate.model_name>@champion."),
+    payload: bool = typer.Option(
+        False, help="Print the REST request body for `mlflow models serve` (/invocations) instead of scoring."
+    ),
 ) -> None:
-    """Top-k next items for USER from the champion model, with titles."""
-    import numpy as np
-    import pandas as pd
+    """Top-k next items for USER from the champion model, with titles.
+
+    The user's ingested history goes through the registered pyfunc's ``predict`` (its schema enforced), exactly
+    as `mlflow models serve` answers the ``--payload`` request; items the model does not know are skipped
+    (``drop_unknown``)."""
     from mlflow.exceptions import MlflowException
 
-    from mufasa.data.sequences import order_events
-    from mufasa.pipeline.registry import load_recommender
+    from mufasa.pipeline.registry import load_pyfunc
     from mufasa.pipeline.tracking import default_tracking_uri
 
     paths, params = _project(root)
-    interactions = pd.read_parquet(paths.raw_interactions)
-    mine = interactions[interactions["user_id"] == user]
-    if mine.empty:
+    frame = user_request(paths.raw_interactions, user)
+    if frame is None:
         typer.secho(f"error: user {user} has no events in {paths.raw_interactions}", fg="red", err=True)
         raise typer.Exit(2)
-    mine = mine.iloc[order_events(mine)]
+    request_params = {"k": k, "drop_unknown": True}
+    if payload:
+        body = {"dataframe_split": frame.to_dict(orient="split", index=False), "params": request_params}
+        typer.echo(json.dumps(body))
+        return
     uri = model_uri or f"models:/{params.gate.model_name}@champion"
     try:
-        rec = load_recommender(default_tracking_uri(paths.root), uri)
+        model = load_pyfunc(default_tracking_uri(paths.root), uri)
     except MlflowException as exc:
         typer.secho(f"error: cannot load {uri}: {exc.message}", fg="red", err=True)
         raise typer.Exit(2) from exc
-    known = np.isin(mine["item_id"].to_numpy(), rec.vocab.item_ids)
-    frame = pd.DataFrame(
-        {"item_ids": [mine["item_id"].to_numpy()[known].tolist()], "timestamps": [mine["timestamp"].to_numpy()[known].tolist()]}
-    )
-    out = rec.predict(None, frame, {"k": k})
-    titles = dict(zip(rec.vocab.item_ids.tolist(), rec.titles))
-    typer.echo(f"user {user} ({len(mine)} events), model {uri}:")
-    for rank, (item, score) in enumerate(zip(out["item_ids"][0], out["scores"][0]), start=1):
-        typer.echo(f"{rank:3d}. {titles[item]}  (item {item}, score {score:.3f})")
+    try:
+        out = model.predict(frame, params=request_params)
+    except MlflowException as exc:
+        typer.secho(f"error: {uri} cannot score user {user}: {exc.message}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"user {user} ({len(frame['item_ids'][0])} events), model {uri}:")
+    rows = zip(out["item_ids"][0], out["scores"][0], out["titles"][0])
+    for rank, (item, score, title) in enumerate(rows, start=1):
+        typer.echo(f"{rank:3d}. {title}  (item {item}, score {score:.3f})")
 
 
 @app.command()

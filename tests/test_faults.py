@@ -219,11 +219,9 @@ def _versions(root: Path) -> list:
 def test_a_gate_outage_leaves_the_registry_consistent_and_a_rerun_completes_it(evaluated, monkeypatch, fail_at):
     from mlflow import MlflowClient
 
-    from mufasa.pipeline import registry
-
     root = evaluated
     if fail_at == "register":
-        monkeypatch.setattr(registry.mlflow, "register_model", _outage)
+        monkeypatch.setattr(MlflowClient, "create_model_version", _outage)  # the call that creates the version
     else:
         monkeypatch.setattr(MlflowClient, "set_registered_model_alias", _outage)
     result = runner.invoke(app, ["stage", "gate", "--root", str(root)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,7 +29,9 @@ NAME = "mufasa-sal"
 
 def _gate(params, paths, tracker):
     with tracker.stage_run("gate", "test") as run:
-        return stages.run_stage("gate", params, paths, stage_run=run)
+        result = stages.run_stage("gate", params, paths, stage_run=run)
+        tracker.log_stage_result(run, result)  # as `mufasa stage gate` does: run report, dataset inputs
+        return result
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +59,91 @@ def test_first_model_is_registered_and_promoted_with_reasons(pipeline):
     assert json.loads((paths.metrics_dir / "gate.json").read_text())["champion"] == "1"
     report = (paths.reports_dir / "run_report.md").read_text()
     assert "**promoted**" in report and "| mufasa |" in report and "![eval.png]" in report
+
+
+def test_version_is_logged_from_code_and_loads_by_its_registry_uri(pipeline, monkeypatch, tmp_path):
+    """No pickled Python object in the artifact (models from code), and MLflow's own
+    ``mlflow.pyfunc.load_model("models:/mufasa-sal@champion")`` loads it from MLFLOW_TRACKING_URI."""
+    import mlflow
+    import pandas as pd
+
+    paths, _, tracker, _ = pipeline
+    client = MlflowClient(tracker.tracking_uri, registry_uri=tracker.tracking_uri)
+    local = Path(mlflow.artifacts.download_artifacts(
+        artifact_uri=client.get_model_version_download_uri(NAME, "1"), dst_path=str(tmp_path / "m"),
+        tracking_uri=tracker.tracking_uri))
+    assert not [p for p in local.rglob("*") if p.suffix in (".pkl", ".pickle", ".cloudpickle")]
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert flavor["model_code_path"].endswith("sal_pyfunc.py") and (local / "sal_pyfunc.py").is_file()
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracker.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@{CHAMPION}")
+    out = model.predict(pd.DataFrame({"item_ids": [[1, 2, 3]], "timestamps": [[10, 20, 30]]}), params={"k": 4})
+    assert len(out["item_ids"][0]) == len(out["titles"][0]) == 4
+    with pytest.raises(mlflow.exceptions.MlflowException, match="item_ids"):
+        model.predict(pd.DataFrame({"items": [[1, 2, 3]]}))  # the signature is enforced
+
+
+def test_version_description_is_a_model_card(pipeline, tmp_path):
+    """Data version (the MD5s DVC records), the metrics table, the gate decision and its reasons, and the run
+    report, which is really where the card says."""
+    import mlflow
+
+    from mufasa.data.io import file_md5
+
+    paths, _, tracker, _ = pipeline
+    version = MlflowClient(tracker.tracking_uri, registry_uri=tracker.tracking_uri).get_model_version(NAME, "1")
+    card = version.description
+    for table in (paths.raw_interactions, paths.raw_items, paths.sequences_dir / "test.parquet"):
+        assert file_md5(table) in card, table
+    eval_models = json.loads((paths.metrics_dir / "eval.json").read_text())["models"]
+    ndcg = f"{eval_models['sasrec']['ndcg@10']:.4f}"
+    assert "| mufasa |" in card and "| popularity |" in card and "| sasrec | " in card and ndcg in card
+    assert "Gate decision: **promoted**" in card
+    reasons = json.loads(version.tags["gate.outcome"])["reasons"]
+    assert len(reasons) == 3 and all(f"- {reason}" in card for reason in reasons)
+    link = f"runs:/{version.run_id}/run_report.md"
+    assert link in card
+    report = mlflow.artifacts.download_artifacts(artifact_uri=link, dst_path=str(tmp_path),
+                                                 tracking_uri=tracker.tracking_uri)
+    assert "**promoted**" in Path(report).read_text()
+
+
+def test_stage_runs_carry_the_tables_they_read_as_datasets_with_dvc_hashes(pipeline):
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    from mufasa.data.io import file_md5
+    from mufasa.pipeline.result import StageResult
+
+    paths, _, tracker, first = pipeline
+    client = MlflowClient(tracker.tracking_uri)
+    version = MlflowClient(tracker.tracking_uri, registry_uri=tracker.tracking_uri).get_model_version(NAME, "1")
+    inputs = {d.dataset.name: d for d in client.get_run(version.run_id).inputs.dataset_inputs}
+    assert set(inputs) == {"interactions", "items", "train_sequences", "valid_sequences", "test_sequences"}
+    assert inputs["interactions"].dataset.digest == file_md5(paths.raw_interactions)
+    assert inputs["items"].dataset.digest == file_md5(paths.raw_items)
+    assert json.loads(inputs["items"].dataset.profile)["num_rows"] == 60
+    assert {t.key: t.value for t in inputs["test_sequences"].tags}[MLFLOW_DATASET_CONTEXT] == "testing"
+
+    # A training stage's run; with a dvc.lock, the output folder's hash DVC recorded is on each input too.
+    lock = paths.root / "dvc.lock"
+    lock.write_text(yaml.safe_dump({"schema": "2.0", "stages": {
+        "ingest": {"cmd": "x", "outs": [{"path": "data/raw", "hash": "md5", "md5": "0123abcd.dir"}]},
+        "sequences": {"cmd": "x", "outs": [{"path": "data/sequences", "hash": "md5", "md5": "4567ef.dir"}]}}}))
+    try:
+        with tracker.stage_run("train_sal", "datasets") as run:
+            tracker.log_stage_result(run, StageResult("train_sal", {}))
+    finally:
+        lock.unlink()
+    inputs = {d.dataset.name: d for d in client.get_run(run.run_id).inputs.dataset_inputs}
+    assert set(inputs) == {"items", "train_sequences", "valid_sequences"}
+    assert inputs["train_sequences"].dataset.digest == file_md5(paths.sequences_dir / "train.parquet")
+    tags = {t.key: t.value for t in inputs["items"].tags}
+    assert tags[MLFLOW_DATASET_CONTEXT] == "training" and tags["mufasa.path"] == "data/raw/items.parquet"
+    assert (tags["mufasa.dvc_out"], tags["mufasa.dvc_out_md5"]) == ("data/raw", "0123abcd.dir")
+    valid = {t.key: t.value for t in inputs["valid_sequences"].tags}
+    assert valid[MLFLOW_DATASET_CONTEXT] == "validation" and valid["mufasa.dvc_out_md5"] == "4567ef.dir"
 
 
 def test_registered_model_reproduces_the_evaluated_scores(pipeline):
@@ -244,3 +332,29 @@ def test_refusal_at_the_shipped_margins_exits_3_and_fails_the_dagster_check(pipe
     finally:
         params_path.write_text(saved_params)
         eval_path.write_text(saved_eval)
+
+
+def test_a_version_pickled_by_older_code_is_rebuilt_for_the_gate_and_refused_for_serving(pipeline):
+    """Versions registered before models-from-code hold a pickled python_model.pkl (the project's store has such
+    champions): the gate rebuilds them from their own weights and tables; `recommend` says why it cannot serve one."""
+    import mlflow
+    import pandas as pd
+
+    from mufasa.pipeline.registry import SALRecommender, using_store
+
+    paths, _, tracker, _ = pipeline
+    uri = tracker.tracking_uri
+    artifacts = {"model_dir": str(paths.sal_model_dir), "fused": str(paths.fused_items),
+                 "items": str(paths.raw_items)}
+    with tracker.stage_run("legacy", "test") as run, using_store(uri):
+        with mlflow.start_run(run_id=run.run_id):
+            info = mlflow.pyfunc.log_model(name="model", python_model=SALRecommender(), artifacts=artifacts)
+        version = MlflowClient(uri, registry_uri=uri).create_model_version(
+            NAME, info.model_uri, run_id=run.run_id, model_id=info.model_id).version
+    frame = pd.DataFrame({"item_ids": [[1, 2, 3], [4, 5]]})
+    legacy = load_recommender(uri, f"models:/{NAME}/{version}").predict(None, frame, {"k": 5})
+    current = load_recommender(uri, f"models:/{NAME}/1").predict(None, frame, {"k": 5})  # same weights
+    assert legacy["item_ids"].tolist() == current["item_ids"].tolist()
+    out = CliRunner().invoke(app, ["recommend", "--user", "1", "--root", str(paths.root),
+                                   "--model-uri", f"models:/{NAME}/{version}"])
+    assert out.exit_code == 2 and "pickled" in out.output and "mufasa promote" in out.output

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from mufasa.data.io import file_md5, read_json, tree_md5, write_json
 from mufasa.evaluation.gate import decide
 from mufasa.evaluation.protocol import evaluate
+from mufasa.pipeline.datasets import data_version_table, stage_datasets
 from mufasa.pipeline.paths import ProjectPaths
 from mufasa.pipeline.result import StageResult
 from mufasa.pipeline.sal_model import load_inputs
@@ -77,7 +78,8 @@ def run_gate(params, paths: ProjectPaths, stage_run):
     eval_path = paths.eval_metrics
     if not eval_path.is_file():
         raise FileNotFoundError(f"{eval_path} not found: run the evaluate stage first")
-    results = read_json(eval_path)["models"]
+    evaluation = read_json(eval_path)
+    results = evaluation["models"]
 
     inputs = load_inputs(paths)
     key = candidate_key(paths, cfg)
@@ -130,6 +132,10 @@ def run_gate(params, paths: ProjectPaths, stage_run):
             registry.CANDIDATE_TAG: key,
             "gate.outcome": json.dumps(outcome, sort_keys=True),
         }
+        card = registry.model_card(
+            cfg.model_name, outcome, results, evaluation.get("protocol", {}),
+            data_version_table(stage_datasets("gate", paths), paths.root), stage_run.run_id, stage_run.url,
+        )
         with registry_phase(uri, "registering the model", "no version was created; champion unchanged"):
             existing = registry.log_and_register(
                 stage_run.run_id,
@@ -140,6 +146,7 @@ def run_gate(params, paths: ProjectPaths, stage_run):
                 paths.raw_items,
                 input_example(inputs),
                 tags=tags,
+                description=card,
             ).version
     outcome["version"] = existing
     outcome["champion"] = existing if outcome["passed"] else outcome["previous_champion"]

@@ -1,9 +1,11 @@
 """MLflow registry: the SAL recommender as a pyfunc, the gated ``challenger`` -> ``champion`` promotion, rollback.
 
-The logged model is self-contained: the SAL state dict (loaded with ``weights_only=True``, never unpickled
-code), its config, the fused MFL item matrix (the item tower's output) and the item table (ids, titles), plus
-this package as code. Input: a DataFrame with ``item_ids`` (list of item ids, oldest first) and optionally
-``timestamps`` (Unix seconds); param ``k``. Output: ``item_ids`` and ``scores`` of the top-k next items.
+The logged model is self-contained and holds no pickled Python object: it is logged from code
+(:mod:`mufasa.serving.sal_pyfunc`, MLflow's models-from-code), with the SAL state dict (loaded with
+``weights_only=True``), its config, the fused MFL item matrix (the item tower's output) and the item table (ids,
+titles) as artifacts and this package as code. Its signature (:data:`mufasa.serving.recommender.SIGNATURE`) is
+the request schema the scoring server enforces (``mlflow models serve -m models:/mufasa-sal@champion``).
+Each version's description is its model card (:func:`model_card`): data version, metrics, gate decision, report.
 
 Aliases, never stages: every registered version becomes ``challenger``; ``champion`` moves only when the gate
 passes (or by hand with ``mufasa promote --version N``). The decision and its reasons are tags on the version.
@@ -25,56 +27,13 @@ import torch
 import mufasa
 from mufasa.data.vocab import ItemVocab
 from mufasa.evaluation.protocol import Histories
+from mufasa.serving.recommender import SIGNATURE, SALRecommender
+
+__all__ = ["CHALLENGER", "CHAMPION", "CrossVocabScorer", "Registered", "SALRecommender", "alias_version",
+           "find_candidate", "load_pyfunc", "load_recommender", "log_and_register", "model_card", "promote",
+           "record_decision", "using_store"]
 
 CHALLENGER, CHAMPION = "challenger", "champion"
-
-
-class SALRecommender(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper: histories of item ids in, top-k item ids out."""
-
-    def load_context(self, context) -> None:
-        from mufasa.pipeline.sal_model import SALScorer, load_model
-
-        art = context.artifacts
-        fused = np.load(art["fused"], allow_pickle=False)
-        self.model = load_model(Path(art["model_dir"]), fused if fused.shape[1] > 0 else None)
-        items = pd.read_parquet(art["items"])
-        self.vocab = ItemVocab(items["item_id"].to_numpy())
-        self.titles = items["title"].astype(str).to_numpy()
-        self.scorer = SALScorer(self.model)
-
-    def histories(self, item_ids: list, timestamps: list | None = None, *, drop_unknown: bool = False) -> Histories:
-        seqs, stamps = [], []
-        for i, ids in enumerate(item_ids):
-            ids = np.asarray(ids, dtype=np.int64)
-            ts = np.asarray(timestamps[i], dtype=np.int64) if timestamps is not None else np.arange(len(ids))
-            if drop_unknown:
-                known = np.isin(ids, self.vocab.item_ids)
-                ids, ts = ids[known], ts[known]
-            seqs.append(self.vocab.to_index(ids))  # KeyError names unknown ids
-            stamps.append(ts)
-        lengths = [len(s) for s in seqs]
-        if min(lengths, default=1) == 0:
-            raise ValueError("every history needs at least one known item")
-        offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
-        return Histories(
-            np.arange(len(seqs), dtype=np.int64), offsets, np.concatenate(seqs), np.concatenate(stamps)
-        )
-
-    def score(self, histories: Histories) -> torch.Tensor:
-        return self.scorer.score(histories)
-
-    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        k = int((params or {}).get("k", 10))
-        ts = model_input["timestamps"].tolist() if "timestamps" in model_input else None
-        scores = self.score(self.histories(model_input["item_ids"].tolist(), ts))
-        top = torch.topk(scores, k=min(k, scores.shape[1]), dim=1)
-        return pd.DataFrame(
-            {
-                "item_ids": [self.vocab.to_ids(row + 1).tolist() for row in top.indices.numpy()],
-                "scores": [row.tolist() for row in top.values.numpy()],
-            }
-        )
 
 
 class CrossVocabScorer:
@@ -105,23 +64,22 @@ class Registered:
 
 @contextmanager
 def using_store(uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API (log_model, models:/ URIs) at ``uri`` for the block, then restore everything.
+    """Point MLflow's fluent API (``log_model``, which has no client form) at ``uri`` for the block, then restore
+    what the environment said before.
 
     ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI`` to the environment; left in place, every
-    later tracker in the process (and its subprocesses) would silently write to this store.
+    later tracker in the process (and its subprocesses) would silently write to this store. On exit the URIs
+    are unset (``set_tracking_uri(None)``) and the two variables get their previous values back, so MLflow
+    resolves exactly what it resolved before (an explicitly set URI is also in the variable). Public API only.
     """
-    import mlflow.tracking._model_registry.utils as registry_utils
-    import mlflow.tracking._tracking_service.utils as tracking_utils
-
     env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(saved[0])
-        mlflow.set_registry_uri(saved[1])
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
         for key, value in env.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -151,31 +109,80 @@ def find_candidate(tracking_uri: str, name: str, key: str) -> str | None:
     return str(min(int(v.version) for v in found)) if found else None
 
 
-def log_and_register(run_id: str, tracking_uri: str, name: str, model_dir: Path, fused: Path, items: Path,
-                     example: pd.DataFrame, tags: dict[str, str] | None = None) -> Registered:
-    """Log the pyfunc into ``run_id`` and register it under ``name`` as a new version carrying ``tags``.
+MODEL_CODE = Path(__file__).resolve().parents[1] / "serving" / "sal_pyfunc.py"
 
-    The version is created with its tags in one registry call (``mlflow.register_model(..., tags=...)``), so no
-    version ever exists without its gate decision; aliases are set separately (:func:`record_decision`).
+
+def log_and_register(run_id: str, tracking_uri: str, name: str, model_dir: Path, fused: Path, items: Path,
+                     example: pd.DataFrame, tags: dict[str, str] | None = None,
+                     description: str | None = None) -> Registered:
+    """Log the pyfunc into ``run_id`` (from code: :data:`MODEL_CODE`) and register it under ``name`` as a new
+    version carrying ``tags`` and ``description`` (the model card).
+
+    The version is created with its tags and card in one registry call (``MlflowClient.create_model_version``),
+    so no version ever exists without its gate decision; aliases are set separately (:func:`record_decision`).
     """
-    from mlflow.models import infer_signature
+    from mlflow.exceptions import MlflowException
 
     artifacts = {"model_dir": str(model_dir), "fused": str(fused), "items": str(items)}
-    with using_store(tracking_uri), mlflow.start_run(run_id=run_id):
-        rec = SALRecommender()
-        rec.load_context(type("Ctx", (), {"artifacts": artifacts})())
-        output = rec.predict(None, example, {"k": 10})
-        signature = infer_signature(example, output, params={"k": 10})
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=rec,
-            artifacts=artifacts,
-            signature=signature,
-            input_example=example,
-            code_paths=[str(Path(mufasa.__file__).parent)],
+    # Inside using_store for the registry call too: MLflow's SQL registry resolves a ``models:/<model_id>``
+    # source through the process-wide tracking URI, not the client's (a TODO in its sqlalchemy_store).
+    with using_store(tracking_uri):
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(MODEL_CODE),
+                artifacts=artifacts,
+                signature=SIGNATURE,
+                input_example=(example, {"k": 10}),
+                code_paths=[str(Path(mufasa.__file__).parent)],
+            )
+        client = _client(tracking_uri)
+        try:
+            client.create_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+        version = client.create_model_version(
+            name, info.model_uri, run_id=run_id, tags=tags or {}, description=description, model_id=info.model_id
         )
-        version = mlflow.register_model(info.model_uri, name, tags=tags or {})
     return Registered(name, str(version.version), run_id)
+
+
+def model_card(name: str, outcome: dict, results: dict, protocol: dict, datasets: str, run_id: str,
+               run_url: str | None) -> str:
+    """The Markdown description of a registered version: what it was trained and tested on (``datasets``: the
+    data version table), how it scored against the baselines (``results``: ``metrics/eval.json`` models), the
+    gate's decision with its reasons, and where the run report is (an artifact of gate run ``run_id``)."""
+    from mufasa.evaluation.report import metrics_table
+
+    report = f"runs:/{run_id}/run_report.md"
+    lines = [
+        f"# {name}: model card",
+        "",
+        "SAL user encoder over the MFL-fused item vectors; input: a user's history of item ids (and timestamps); "
+        "output: the top-k next items.",
+        "",
+        "## Data version",
+        "",
+        datasets,
+        "## Metrics (test split)",
+        "",
+        f"Protocol: {', '.join(f'{k}={v}' for k, v in sorted(protocol.items())) or 'see metrics/eval.json'}.",
+        "",
+        metrics_table(results),
+        f"## Gate decision: **{outcome['decision']}**",
+        "",
+        f"On {outcome['metric']} (candidate {outcome['candidate']:.4f}); previous champion: "
+        f"{outcome.get('previous_champion') or 'none'}.",
+        "",
+        *[f"- {r}" for r in outcome["reasons"]],
+        "",
+        "## Run report",
+        "",
+        f"`{report}` (artifact of the gate run `{run_id}`)" + (f"; run: {run_url}" if run_url else ""),
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def version_tags(tracking_uri: str, name: str, version: str) -> dict[str, str]:
@@ -200,9 +207,78 @@ def alias_version(tracking_uri: str, name: str, alias: str) -> str | None:
         raise
 
 
+def model_location(tracking_uri: str, uri: str) -> str:
+    """Where the files of ``uri`` are: a registry URI (``models:/name@alias``, ``models:/name/3``) becomes its
+    version's download URI, asked of the registry at ``tracking_uri``; anything else is returned as is.
+
+    Resolved here with an explicit client because MLflow 3.17's ``download_artifacts(registry_uri=...)`` drops
+    the registry URI for ``models:/`` URIs and asks the process-wide registry instead."""
+    import re
+
+    match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", uri)
+    if match is None:
+        return uri
+    name, alias, number = match.groups()
+    client = _client(tracking_uri)
+    version = client.get_model_version_by_alias(name, alias).version if alias else number
+    return client.get_model_version_download_uri(name, str(version))
+
+
+def _download(tracking_uri: str, uri: str, dst: str) -> Path:
+    return Path(mlflow.artifacts.download_artifacts(
+        artifact_uri=model_location(tracking_uri, uri), dst_path=dst, tracking_uri=tracking_uri,
+        registry_uri=tracking_uri,
+    ))
+
+
+def pickled_artifacts(local: Path) -> dict[str, str] | None:
+    """The artifact paths of a version registered before the recommender was logged from code (a pickled
+    ``python_model.pkl`` of the code of its day, which later code may not unpickle); ``None`` for a current one."""
+    from mlflow.models import Model
+
+    flavor = Model.load(str(local)).flavors.get("python_function", {})
+    if "model_code_path" in flavor or "python_model" not in flavor:
+        return None
+    return {name: str(local / spec["path"]) for name, spec in flavor.get("artifacts", {}).items()}
+
+
+def load_pyfunc(tracking_uri: str, uri: str) -> mlflow.pyfunc.PyFuncModel:
+    """Load ``uri`` (``models:/name@alias``, ``models:/name/3``, ``runs:/...``) from the store at
+    ``tracking_uri`` as MLflow serves it: ``predict`` enforces the signature. Downloaded with explicit URIs
+    (no process-wide MLflow state), then loaded from the local copy. A pickled version of older code is refused
+    with a clear ``MlflowException`` instead of a failed unpickling."""
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory(prefix="mufasa-model-") as tmp:
+        local = _download(tracking_uri, uri, tmp)
+        if pickled_artifacts(local) is not None:
+            raise MlflowException.invalid_parameter_value(
+                f"{uri} was registered before the recommender was logged from code: it is a pickled "
+                "python_model.pkl of older code, which this code cannot load or serve. Point the alias at a version "
+                "registered since (`mufasa promote --version N`) or register one (`mufasa stage gate`)."
+            )
+        return mlflow.pyfunc.load_model(str(local))  # load_context reads every artifact into memory
+
+
 def load_recommender(tracking_uri: str, uri: str) -> SALRecommender:
-    with using_store(tracking_uri):
-        return mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    """The :class:`SALRecommender` behind ``uri``, for in-process scoring of whole splits (the gate's champion
+    re-evaluation); requests from people go through :func:`load_pyfunc` and its schema.
+
+    A version pickled by older code is rebuilt from its own weights and tables (never unpickled), so the gate
+    can still compare a candidate with a champion registered before models-from-code."""
+    import tempfile
+    from types import SimpleNamespace
+
+    with tempfile.TemporaryDirectory(prefix="mufasa-model-") as tmp:
+        local = _download(tracking_uri, uri, tmp)
+        legacy = pickled_artifacts(local)
+        if legacy is None:
+            return mlflow.pyfunc.load_model(str(local)).unwrap_python_model()
+        rec = SALRecommender()
+        rec.load_context(SimpleNamespace(artifacts=legacy))
+        return rec
 
 
 def record_decision(tracking_uri: str, name: str, version: str, promote: bool) -> None:

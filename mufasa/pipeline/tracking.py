@@ -234,6 +234,11 @@ class StageRun:
             lambda: self._client().log_artifact(self.run_id, str(path), artifact_path=artifact_path),
         )
 
+    def log_inputs(self, datasets: list) -> None:
+        """Record ``datasets`` (:class:`mlflow.entities.DatasetInput`) as the run's dataset inputs."""
+        if datasets:
+            self._guarded("logging dataset inputs", lambda: self._client().log_inputs(self.run_id, datasets=datasets))
+
     def set_tags(self, tags: dict[str, str]) -> None:
         def call():
             client = self._client()
@@ -450,8 +455,15 @@ class Tracker:
         return parent
 
     def log_stage_result(self, run: StageRun, result) -> None:
-        """Log a :class:`~mufasa.pipeline.result.StageResult`: params, metrics, info as JSON, artifacts."""
+        """Log a :class:`~mufasa.pipeline.result.StageResult`: params, metrics, info as JSON, artifacts, and the
+        tables the stage read as dataset inputs with their DVC hashes (:mod:`mufasa.pipeline.datasets`)."""
         run.log_params(result.params)
+        if self.root is not None and run.run_id:
+            from mufasa.pipeline.datasets import dataset_input, stage_datasets
+            from mufasa.pipeline.paths import ProjectPaths
+
+            versions = stage_datasets(result.stage, ProjectPaths(self.root))
+            run.log_inputs([dataset_input(v, self.root) for v in versions])
         run.log_metrics(result.metrics)
         if result.info:
             run.log_dict(json.loads(json.dumps(result.info, default=str)), f"{result.stage}_info.json")
@@ -491,4 +503,7 @@ class _NullRun(StageRun):
         return None
 
     def set_tags(self, tags):  # noqa: D102
+        return None
+
+    def log_inputs(self, datasets):  # noqa: D102
         return None

@@ -62,7 +62,8 @@ class MlflowTracking(ConfigurableResource):
             return NullTracker()
         experiment = self.experiment or project.params().tracking.experiment
         if self.tracking_uri:
-            return Tracker(self.tracking_uri, experiment)
+            # root: the git tags and the dataset inputs of the project's runs, whichever store they go to
+            return Tracker(self.tracking_uri, experiment, root=project.paths.root)
         return Tracker.for_project(project.paths.root, experiment)
 
 
