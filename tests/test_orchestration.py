@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import re
+
 import pandas as pd
 import yaml
 from dagster import AssetKey, Definitions
@@ -11,6 +15,7 @@ from mufasa.data.io import write_parquet
 from mufasa.pipeline import ingest as ingest_stage
 from mufasa.pipeline.params import load_params
 from orchestration import definitions
+from orchestration.defs.report_images import png_bytes
 from orchestration.defs.resources import DvcResource, MlflowTracking, MufasaProject
 
 RAW_ITEMS, USER_SEQUENCES = AssetKey("raw_items"), AssetKey("user_sequences")
@@ -92,6 +97,19 @@ def test_retrain_materialises_everything_and_tracks_it(project, tmp_path):
         e.materialization.metadata for e in result.get_asset_materialization_events() if e.asset_key == ITEM_FEATURES
     )
     assert feat_meta["coverage_image"].value == 1.0  # synthetic items all have generated images
+    metas = {e.asset_key: e.materialization for e in result.get_asset_materialization_events()}
+    # retrain observed raw_source first: ingest recorded the version it consumed, the fingerprint in its manifest
+    manifest = json.loads(project.raw_manifest.read_text())
+    assert metas[AssetKey("raw_interactions")].tags["dagster/input_data_version/raw_source"] == \
+        manifest["source_fingerprint"]
+    # report plots are embedded as data URIs the UI can show (a file path is a broken image in the browser)
+    plots = {"evaluation_report": ("plot", [project.eval_plot]),
+             "fusion_model": ("plots", [project.mfl_reports / "curves.png", project.mfl_reports / "projection.png"]),
+             "sal_model": ("curves", [project.sal_reports / "curves.png"])}
+    for asset, (name, files) in plots.items():
+        markdown = metas[AssetKey(asset)].metadata[name].value
+        embedded = re.findall(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)
+        assert [base64.b64decode(e) for e in embedded] == [png_bytes(f) for f in files], (asset, markdown[:300])
 
 
 def test_bad_dataset_stops_the_run_and_writes_nothing(project):
@@ -172,3 +190,37 @@ def test_executing_the_raw_data_check_changes_no_file(project):
     assert result.success and _checks(result) == {"interactions_suite": True, "items_suite": True}
     after = {p: file_md5(p) for p in project.root.rglob("*") if p.is_file() and not p.name.startswith(".mufasa.lock")}
     assert after == {p: h for p, h in before.items() if not p.name.startswith(".mufasa.lock")}
+
+
+def test_the_raw_source_is_observed_upstream_of_ingest_in_the_lineage():
+    graph = definitions.defs.resolve_asset_graph()
+    source = AssetKey("raw_source")
+    assert graph.get(source).is_observable and not graph.get(source).is_materializable
+    assert graph.get(AssetKey("raw_interactions")).parent_keys == {source}
+    assert graph.get(AssetKey("raw_items")).parent_keys == {source}
+    # retrain observes it first, so ingest records the version it consumed
+    job = definitions.defs.resolve_job_def("retrain")
+    assert "raw_source" in {n.name for n in job.nodes}
+    assert source in job.asset_layer.asset_graph.get_all_asset_keys()
+
+
+def test_report_images_are_embedded_and_large_ones_downscaled(tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from orchestration.defs.report_images import images_markdown
+
+    small, big = tmp_path / "small.png", tmp_path / "big.png"
+    Image.new("RGB", (60, 40), "red").save(small)
+    noise = np.random.default_rng(0).integers(0, 256, (900, 1200, 3), dtype=np.uint8)  # ~3 MB as PNG
+    Image.fromarray(noise).save(big)
+    assert png_bytes(small) == small.read_bytes()  # under the limit: the file as it is
+    shrunk = png_bytes(big, max_bytes=150_000)
+    assert big.stat().st_size > 1_000_000 and len(shrunk) <= 150_000
+    image = Image.open(io.BytesIO(shrunk))
+    assert image.format == "PNG" and image.width < 1200 and abs(image.width / image.height - 1200 / 900) < 0.02
+    markdown = images_markdown([small, tmp_path / "table.md", big], max_bytes=150_000).value
+    assert markdown.count("](data:image/png;base64,") == 2 and str(tmp_path) not in markdown
+    assert "**small.png**" in markdown and "table.md" not in markdown
