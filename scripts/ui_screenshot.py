@@ -109,13 +109,18 @@ def prepare_instance(home: Path, asset: str, image: Path, metadata_key: str) -> 
 
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    (home / ".nux").mkdir(exist_ok=True)
-    (home / ".nux" / "nux.yaml").write_text("seen: 1\n")  # no "join the community" dialog over the page
     with DagsterInstance.from_config(str(home)) as instance:
         instance.report_runless_asset_event(
             AssetMaterialization(asset_key=asset, metadata={metadata_key: images_markdown([image])},
                                  description=f"report image {image.name} (scripts/ui_screenshot.py)")
         )
+
+
+def skip_welcome_dialog(home: Path) -> None:
+    """Mark the instance's "join the Dagster community" dialog as seen (what its Skip button does), so it does not
+    cover the page."""
+    (home / ".nux").mkdir(parents=True, exist_ok=True)
+    (home / ".nux" / "nux.yaml").write_text("seen: 1\n")
 
 
 class DevTools:
@@ -225,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         home = args.dagster_home.resolve() if args.dagster_home else Path(tmp) / "dagster_home"
         if args.dagster_home is None:
             prepare_instance(home, args.asset, args.image.resolve(), args.metadata_key)
+        elif not (home / "dagster.yaml").is_file():
+            parser.error(f"--dagster-home {home}: no dagster.yaml there (not a Dagster instance folder)")
+        skip_welcome_dialog(home)
         port = _free_port()
         env = dict(os.environ, DAGSTER_HOME=str(home), PYTHONPATH=str(ROOT))
         log = Path(tmp) / "webserver.log"

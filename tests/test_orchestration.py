@@ -36,6 +36,26 @@ def _job(root, tracking_uri=None):
     ).resolve_job_def("retrain")
 
 
+def _checks_only(root):
+    """A job of every asset check alone (what "Execute checks" in the UI runs), with a DVC that would fail the run
+    if anything called it."""
+    from dagster import AssetSelection, define_asset_job
+
+    d = definitions.defs
+    job = define_asset_job("checks_only", selection=AssetSelection.all_asset_checks())
+    resources = {"project": MufasaProject(root=str(root)), "mlflow": MlflowTracking(enabled=False),
+                 "dvc": DvcResource(executable="/nonexistent/dvc")}
+    return Definitions(assets=list(d.assets), asset_checks=list(d.asset_checks), jobs=[job],
+                       resources=resources).resolve_job_def("checks_only")
+
+
+def _files(root) -> dict:
+    """md5 of every file under ``root`` but the project lock (a run takes it, and its holder file says who)."""
+    from mufasa.data.io import file_md5
+
+    return {p: file_md5(p) for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".mufasa.lock")}
+
+
 def _materialized(result) -> set[AssetKey]:
     return {e.asset_key for e in result.get_asset_materialization_events()}
 
@@ -110,6 +130,13 @@ def test_retrain_materialises_everything_and_tracks_it(project, tmp_path):
         markdown = metas[AssetKey(asset)].metadata[name].value
         embedded = re.findall(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)
         assert [base64.b64decode(e) for e in embedded] == [png_bytes(f) for f in files], (asset, markdown[:300])
+    # "Execute checks" in the UI on the finished pipeline: every check only reads (dvc.lock and all outputs unchanged)
+    (project.root / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    before = _files(project.root)
+    checks = _checks(_checks_only(project.root).execute_in_process(raise_on_error=False))
+    assert set(checks) == {"interactions_suite", "items_suite", "sequences_suite", "features_suite",
+                           "fused_space_not_collapsed", "promotion_gate"}
+    assert _files(project.root) == before
 
 
 def test_bad_dataset_stops_the_run_and_writes_nothing(project):
