@@ -61,7 +61,10 @@ def test_every_asset_has_the_code_version_of_its_stages_code(tmp_path, monkeypat
     from orchestration.defs.assets import STAGE_TAG, stage_code_version
     from orchestration.definitions import defs
 
-    for node in defs.assets:
+    from dagster import SourceAsset
+
+    # raw_source (an observable source asset) runs no stage: its version is the data's, not code's
+    for node in [a for a in defs.assets if not isinstance(a, SourceAsset)]:
         stage_names = node.op.tags[STAGE_TAG].split(",")
         assert set(node.code_versions_by_key.values()) == {stage_code_version(*stage_names)}
     # the version follows the code dvc.yaml lists, and only the code
