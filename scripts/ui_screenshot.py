@@ -7,17 +7,18 @@ What it does, so that what a user sees is what is checked:
 
 1. a temporary Dagster instance (``DAGSTER_HOME`` in a temp folder; the project's ``.dagster`` is never touched)
    gets a materialization of the asset (default ``evaluation_report``) whose metadata is built by the same function
-   the asset uses (:func:`orchestration.defs.report_images.images_markdown`) from a report PNG (default
+   the asset uses (:func:`orchestration.defs.report_images.images_markdown`) from report PNGs (``--image``, default
    ``reports/eval.png``, the last pipeline run's plot); ``--dagster-home`` reuses an existing instance instead (e.g.
-   ``.dagster`` after ``make run``), showing whatever its last materialization holds;
+   ``.dagster`` after ``make run``), showing whatever its last materialization holds (only the instance's "welcome
+   dialog seen" flag, ``.nux/nux.yaml``, is written there);
 2. ``dagster-webserver`` serves the project's definitions (``-m orchestration.definitions``) on a free port;
 3. Chromium (``--headless``, driven over the DevTools protocol on a local port) opens ``/assets/<key>``, clicks
-   the metadata entry's "[Show Markdown]" (markdown metadata opens in a dialog), waits until the image has loaded
-   and takes the screenshot.
+   the metadata entry's "[Show Markdown]" (long markdown opens in a dialog; short markdown is shown in the row),
+   waits until the images have loaded and takes the screenshot.
 
-It prints one JSON object: the image's natural size, its box on the screenshot (CSS pixels = screenshot pixels),
-how many images are on the page, and the screenshot path; it exits 1 when no image loaded (a broken image has
-``naturalWidth`` 0). ``tests/test_ui_screenshot.py`` runs it and compares the screenshot's pixels in that box with
+It prints one JSON object: the entry's images with their natural size and box on the screenshot (CSS pixels =
+screenshot pixels), and the screenshot path; it exits 1 when no image loaded (a broken image has ``naturalWidth``
+0). ``tests/test_ui_screenshot.py`` runs it and compares the screenshot's pixels in that box with
 the PNG. Chromium: Debian's ``chromium`` package (``scripts/chromium.sh install``).
 """
 
@@ -101,8 +102,8 @@ def _background(args: list[str], log: Path, **kw) -> Iterator[subprocess.Popen]:
             _stop_group(proc)
 
 
-def prepare_instance(home: Path, asset: str, image: Path, metadata_key: str) -> None:
-    """A fresh instance in ``home`` holding one materialization of ``asset`` with ``image`` in its metadata."""
+def prepare_instance(home: Path, asset: str, images: list[Path], metadata_key: str) -> None:
+    """A fresh instance in ``home`` holding one materialization of ``asset`` with ``images`` in its metadata."""
     from dagster import AssetMaterialization, DagsterInstance
 
     from orchestration.defs.report_images import images_markdown
@@ -111,8 +112,8 @@ def prepare_instance(home: Path, asset: str, image: Path, metadata_key: str) -> 
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     with DagsterInstance.from_config(str(home)) as instance:
         instance.report_runless_asset_event(
-            AssetMaterialization(asset_key=asset, metadata={metadata_key: images_markdown([image])},
-                                 description=f"report image {image.name} (scripts/ui_screenshot.py)")
+            AssetMaterialization(asset_key=asset, metadata={metadata_key: images_markdown(images)},
+                                 description="report images (scripts/ui_screenshot.py)")
         )
 
 
@@ -216,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots" / "dagster-asset-report.png")
     parser.add_argument("--asset", default="evaluation_report")
     parser.add_argument("--metadata-key", default="plot")
-    parser.add_argument("--image", type=Path, default=ROOT / "reports" / "eval.png")
+    parser.add_argument("--image", type=Path, nargs="+", default=[ROOT / "reports" / "eval.png"],
+                        help="the PNG(s) to show (default: the last pipeline run's evaluation plot)")
     parser.add_argument("--dagster-home", type=Path, default=None,
                         help="reuse this instance (its last materialization of --asset) instead of a temporary one")
     parser.add_argument("--timeout", type=float, default=180, help="seconds for the webserver and for the page")
@@ -229,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mufasa-ui-") as tmp:
         home = args.dagster_home.resolve() if args.dagster_home else Path(tmp) / "dagster_home"
         if args.dagster_home is None:
-            prepare_instance(home, args.asset, args.image.resolve(), args.metadata_key)
+            prepare_instance(home, args.asset, [p.resolve() for p in args.image], args.metadata_key)
         elif not (home / "dagster.yaml").is_file():
             parser.error(f"--dagster-home {home}: no dagster.yaml there (not a Dagster instance folder)")
         skip_welcome_dialog(home)

@@ -243,7 +243,10 @@ def test_report_images_are_embedded_and_large_ones_downscaled(tmp_path):
     Image.new("RGB", (60, 40), "red").save(small)
     noise = np.random.default_rng(0).integers(0, 256, (900, 1200, 3), dtype=np.uint8)  # ~3 MB as PNG
     Image.fromarray(noise).save(big)
-    assert png_bytes(small) == small.read_bytes()  # under the limit: the file as it is
+    assert png_bytes(small) == small.read_bytes()  # under the limits: the file as it is
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (1500, 300), "blue").save(wide)  # small in bytes, too wide for the UI's dialog
+    assert Image.open(io.BytesIO(png_bytes(wide))).size == (1000, 200)
     shrunk = png_bytes(big, max_bytes=150_000)
     assert big.stat().st_size > 1_000_000 and len(shrunk) <= 150_000
     image = Image.open(io.BytesIO(shrunk))

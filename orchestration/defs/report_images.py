@@ -3,7 +3,8 @@
 The UI renders markdown metadata in the browser, which cannot load a path on the machine that ran the step: an
 absolute file path in ``![plot](/abs/path.png)`` is a broken image (and a run pod's disk is gone anyway). So each
 PNG is embedded in the markdown as a base64 ``data:`` URI. The event log stores the metadata with every
-materialization, so an image larger than ``max_bytes`` is downscaled (Pillow) until it fits.
+materialization, so an image larger than ``max_bytes`` is downscaled (Pillow) until it fits; one wider than
+``MAX_IMAGE_WIDTH`` too, since the UI's markdown dialog shows images at their natural size and clips wider ones.
 """
 
 from __future__ import annotations
@@ -17,19 +18,21 @@ from dagster import MetadataValue, MarkdownMetadataValue
 from PIL import Image
 
 MAX_IMAGE_BYTES = 200_000  # per image, before base64 (which adds a third)
+MAX_IMAGE_WIDTH = 1000  # CSS pixels: the metadata dialog of the Dagster UI is about 1,100 wide
 
 
-def png_bytes(path: Path, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
-    """The PNG at ``path``, downscaled (aspect kept, optimised PNG) until it is at most ``max_bytes``."""
+def png_bytes(path: Path, max_bytes: int = MAX_IMAGE_BYTES, max_width: int = MAX_IMAGE_WIDTH) -> bytes:
+    """The PNG at ``path``, downscaled (aspect kept, optimised PNG) until it is at most ``max_bytes`` and
+    ``max_width`` pixels wide; the file's bytes as they are when it already is."""
     data = Path(path).read_bytes()
-    if len(data) <= max_bytes:
-        return data
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
     except OSError as exc:
         raise ValueError(f"{path}: not a readable image ({exc})") from exc
-    scale = (max_bytes / len(data)) ** 0.5
+    if len(data) <= max_bytes and image.width <= max_width:
+        return data
+    scale = min((max_bytes / len(data)) ** 0.5, max_width / image.width)
     while True:
         size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
         buffer = io.BytesIO()
@@ -40,7 +43,7 @@ def png_bytes(path: Path, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
 
 
 def png_data_uri(path: Path, max_bytes: int = MAX_IMAGE_BYTES) -> str:
-    """``data:image/png;base64,...`` of the PNG at ``path`` (downscaled to ``max_bytes`` when larger)."""
+    """``data:image/png;base64,...`` of the PNG at ``path`` (downscaled as :func:`png_bytes` says)."""
     return "data:image/png;base64," + base64.b64encode(png_bytes(path, max_bytes)).decode("ascii")
 
 
