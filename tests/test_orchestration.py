@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import re
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -14,6 +17,7 @@ from mufasa.data.io import write_parquet
 from mufasa.pipeline import ingest as ingest_stage
 from mufasa.pipeline.params import load_params
 from orchestration import definitions
+from orchestration.defs.report_images import png_bytes
 from orchestration.defs.resources import DvcResource, MlflowTracking, MufasaProject
 
 RAW_ITEMS, USER_SEQUENCES = AssetKey("raw_items"), AssetKey("user_sequences")
@@ -32,6 +36,26 @@ def _job(root, tracking_uri=None):
     return Definitions(
         assets=list(d.assets), asset_checks=list(d.asset_checks), jobs=list(d.jobs), resources=resources
     ).resolve_job_def("retrain")
+
+
+def _checks_only(root):
+    """A job of every asset check alone (what "Execute checks" in the UI runs), with a DVC that would fail the run
+    if anything called it."""
+    from dagster import AssetSelection, define_asset_job
+
+    d = definitions.defs
+    job = define_asset_job("checks_only", selection=AssetSelection.all_asset_checks())
+    resources = {"project": MufasaProject(root=str(root)), "mlflow": MlflowTracking(enabled=False),
+                 "dvc": DvcResource(executable="/nonexistent/dvc")}
+    return Definitions(assets=list(d.assets), asset_checks=list(d.asset_checks), jobs=[job],
+                       resources=resources).resolve_job_def("checks_only")
+
+
+def _files(root) -> dict:
+    """md5 of every file under ``root`` but the project lock (a run takes it, and its holder file says who)."""
+    from mufasa.data.io import file_md5
+
+    return {p: file_md5(p) for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".mufasa.lock")}
 
 
 def _materialized(result) -> set[AssetKey]:
@@ -95,6 +119,26 @@ def test_retrain_materialises_everything_and_tracks_it(project, tmp_path):
         e.materialization.metadata for e in result.get_asset_materialization_events() if e.asset_key == ITEM_FEATURES
     )
     assert feat_meta["coverage_image"].value == 1.0  # synthetic items all have generated images
+    metas = {e.asset_key: e.materialization for e in result.get_asset_materialization_events()}
+    # retrain observed raw_source first: ingest recorded the version it consumed, the fingerprint in its manifest
+    manifest = json.loads(project.raw_manifest.read_text())
+    assert metas[AssetKey("raw_interactions")].tags["dagster/input_data_version/raw_source"] == \
+        manifest["source_fingerprint"]
+    # report plots are embedded as data URIs the UI can show (a file path is a broken image in the browser)
+    plots = {"evaluation_report": ("plot", [project.eval_plot]),
+             "fusion_model": ("plots", [project.mfl_reports / "curves.png", project.mfl_reports / "projection.png"]),
+             "sal_model": ("curves", [project.sal_reports / "curves.png"])}
+    for asset, (name, files) in plots.items():
+        markdown = metas[AssetKey(asset)].metadata[name].value
+        embedded = re.findall(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)
+        assert [base64.b64decode(e) for e in embedded] == [png_bytes(f) for f in files], (asset, markdown[:300])
+    # "Execute checks" in the UI on the finished pipeline: every check only reads (dvc.lock and all outputs unchanged)
+    (project.root / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    before = _files(project.root)
+    checks = _checks(_checks_only(project.root).execute_in_process(raise_on_error=False))
+    assert set(checks) == {"interactions_suite", "items_suite", "sequences_suite", "features_suite",
+                           "fused_space_not_collapsed", "promotion_gate"}
+    assert _files(project.root) == before
 
 
 def test_bad_dataset_stops_the_run_and_writes_nothing(project):
@@ -199,3 +243,40 @@ def test_executing_the_raw_data_check_changes_no_file(project):
     assert after == {p: h for p, h in before.items() if versioned(p)}
     for meta in _check_metadata(result).values():
         assert (project.root / meta["data_docs_path"].value).is_file()
+
+
+def test_the_raw_source_is_observed_upstream_of_ingest_in_the_lineage():
+    graph = definitions.defs.resolve_asset_graph()
+    source = AssetKey("raw_source")
+    assert graph.get(source).is_observable and not graph.get(source).is_materializable
+    assert graph.get(AssetKey("raw_interactions")).parent_keys == {source}
+    assert graph.get(AssetKey("raw_items")).parent_keys == {source}
+    # retrain observes it first, so ingest records the version it consumed
+    job = definitions.defs.resolve_job_def("retrain")
+    assert "raw_source" in {n.name for n in job.nodes}
+    assert source in job.asset_layer.asset_graph.get_all_asset_keys()
+
+
+def test_report_images_are_embedded_and_large_ones_downscaled(tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from orchestration.defs.report_images import images_markdown
+
+    small, big = tmp_path / "small.png", tmp_path / "big.png"
+    Image.new("RGB", (60, 40), "red").save(small)
+    noise = np.random.default_rng(0).integers(0, 256, (900, 1200, 3), dtype=np.uint8)  # ~3 MB as PNG
+    Image.fromarray(noise).save(big)
+    assert png_bytes(small) == small.read_bytes()  # under the limits: the file as it is
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (1500, 300), "blue").save(wide)  # small in bytes, too wide for the UI's dialog
+    assert Image.open(io.BytesIO(png_bytes(wide))).size == (1000, 200)
+    shrunk = png_bytes(big, max_bytes=150_000)
+    assert big.stat().st_size > 1_000_000 and len(shrunk) <= 150_000
+    image = Image.open(io.BytesIO(shrunk))
+    assert image.format == "PNG" and image.width < 1200 and abs(image.width / image.height - 1200 / 900) < 0.02
+    markdown = images_markdown([small, tmp_path / "table.md", big], max_bytes=150_000).value
+    assert markdown.count("](data:image/png;base64,") == 2 and str(tmp_path) not in markdown
+    assert "**small.png**" in markdown and "table.md" not in markdown

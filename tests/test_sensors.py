@@ -148,3 +148,54 @@ def test_the_failure_sensor_marks_the_mlflow_pipeline_run_failed_with_the_reason
                                  "and tags.`mufasa.role` = 'pipeline'")
     assert len(parents) == 1 and parents[0].info.status == "FAILED"
     assert "train_sal" in parents[0].data.tags["mufasa.failure"]
+
+
+# ---- the raw data as an observable source asset: its data version, shared with the sensor ----------------------
+
+
+def _observe(project) -> str:
+    from dagster import AssetSelection, DagsterInstance, Definitions, define_asset_job
+
+    from orchestration.defs.assets import raw_source
+
+    job = define_asset_job("observe_raw_source", selection=AssetSelection.assets(raw_source.key))
+    defs = Definitions(assets=[raw_source], jobs=[job], resources={"project": project})
+    with DagsterInstance.ephemeral() as instance:
+        result = defs.resolve_job_def("observe_raw_source").execute_in_process(instance=instance)
+        (observation,) = result.asset_observations_for_node("raw_source")
+        return observation.data_version
+
+
+def test_the_raw_source_version_changes_with_an_input_file_and_only_then(tmp_path):
+    import os
+
+    from orchestration.defs.assets import raw_data_version
+
+    project = _files_project(tmp_path)
+    first = _observe(project)
+    assert first and first == _observe(project) == raw_data_version(project)
+    interactions = tmp_path / "data" / "input" / "interactions.csv"
+    os.utime(interactions, (1, 1))  # touched, same bytes: the same data
+    assert _observe(project) == first
+    with open(interactions, "a") as fh:
+        fh.write("2,1,4\n")
+    second = _observe(project)
+    assert second != first
+    (tmp_path / "data" / "input" / "items.csv").write_text("item_id,title\n1,A\n2,B\n3,Z\n")
+    assert _observe(project) not in (first, second)
+
+
+def test_the_sensor_fires_for_the_version_the_source_asset_observes(tmp_path):
+    project = _files_project(tmp_path)
+    request, cursor = _tick(project)
+    assert isinstance(request, RunRequest) and cursor == _observe(project)
+    assert request.tags["mufasa/fingerprint"] == cursor
+
+
+def test_ingest_records_the_observed_version_in_its_manifest(tmp_path):
+    import json
+
+    project = _files_project(tmp_path)
+    ingest_stage.ingest(load_params(tmp_path / "params.yaml").ingest, project.paths)
+    manifest = json.loads(project.paths.raw_manifest.read_text())
+    assert manifest["source_fingerprint"] == _observe(project)

@@ -1,7 +1,9 @@
 """Assets: one per stage output, each a thin wrapper over the stage function of the same name.
 
 Every asset runs its stage inside a nested MLflow run (parent: this Dagster run), records the stage in
-``dvc.lock`` and puts row counts, data hashes, metrics and the MLflow run link in its metadata.
+``dvc.lock`` and puts row counts, data hashes, metrics and the MLflow run link in its metadata; report plots are
+embedded in markdown metadata (``report_images``) so the UI shows them. Upstream of everything is ``raw_source``,
+an observable source asset: the raw input files and ``ingest`` parameters, versioned by their fingerprint.
 """
 
 
@@ -15,18 +17,24 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetSpec,
+    DataVersion,
     MaterializeResult,
     MetadataValue,
+    ObserveResult,
     asset,
     multi_asset,
+    observable_source_asset,
 )
 
 from mufasa.data.io import file_md5
 from mufasa.data.schema import DataValidationError
 from mufasa.pipeline import stages
+from mufasa.pipeline.fingerprint import source_files, source_fingerprint
 from mufasa.pipeline.stages import STAGES
+from orchestration.defs.report_images import images_markdown
 from orchestration.defs.resources import DvcResource, MlflowTracking, MufasaProject
 
+RAW_SOURCE = AssetKey("raw_source")
 RAW_INTERACTIONS = AssetKey("raw_interactions")
 RAW_ITEMS = AssetKey("raw_items")
 USER_SEQUENCES = AssetKey("user_sequences")
@@ -102,14 +110,42 @@ def _run_stage(
     return result, meta
 
 
+def raw_data_version(project: MufasaProject) -> str:
+    """The raw data's version: :func:`~mufasa.pipeline.fingerprint.source_fingerprint` of the configured source (the
+    files ``ingest`` reads and its parameters), the value ``ingest`` records in ``data/raw/manifest.json``. The
+    ``raw_source`` observation and the ``raw_data_sensor`` both use it, so they never disagree."""
+    return source_fingerprint(project.params().ingest, project.paths.root)
+
+
+@observable_source_asset(
+    key=RAW_SOURCE,
+    group_name="data",
+    description="The raw input the `ingest` stage reads (params.yaml `ingest`: the source files, or the synthetic "
+    "generator's parameters). Its data version is the source fingerprint: it changes exactly when re-ingesting "
+    "could change the data.",
+)
+def raw_source(project: MufasaProject) -> ObserveResult:
+    """Observed at the start of every ``retrain`` (and by "Observe sources" in the UI): ``ingest`` then records the
+    version it consumed, and the UI marks it stale when a later observation differs."""
+    cfg = project.params().ingest
+    files = source_files(cfg, project.paths.root)
+    listing = "\n".join(f"- `{f}`" + ("" if f.exists() else " (missing)") for f in files)
+    return ObserveResult(
+        data_version=DataVersion(raw_data_version(project)),
+        metadata={"source": cfg.source, "files": MetadataValue.md(listing or "none: the parameters are the data")},
+    )
+
+
 @multi_asset(
     name="ingest",
     # ingest, then the DVC validate stage (its report and dvc.lock entry): the asset that writes the data records
     # it; the raw_data_suites check only reads (executing checks from the UI never changes dvc.lock)
     op_tags=stage_tags("ingest", "validate"), code_version=stage_code_version("ingest", "validate"),
     specs=[
-        AssetSpec(RAW_INTERACTIONS, group_name="data", description="Events (user_id, item_id, timestamp) in source order."),
-        AssetSpec(RAW_ITEMS, group_name="data", description="Items (item_id, title, genres, year, image_path)."),
+        AssetSpec(RAW_INTERACTIONS, deps=[RAW_SOURCE], group_name="data",
+                  description="Events (user_id, item_id, timestamp) in source order."),
+        AssetSpec(RAW_ITEMS, deps=[RAW_SOURCE], group_name="data",
+                  description="Items (item_id, title, genres, year, image_path)."),
     ],
 )
 def ingest(
@@ -210,10 +246,11 @@ def train_mfl(
     result, meta = _run_stage(context, project, mlflow, dvc)
     m = result.metrics
     diag = {k.removeprefix("diag_"): MetadataValue.float(float(v)) for k, v in m.items() if k.startswith("diag_")}
-    plots = "".join(f"![{p.stem}]({p.as_posix()})\n" for p in result.artifacts if p.suffix == ".png")
+    pngs = [p for p in result.artifacts if p.suffix == ".png"]
+    plots = images_markdown(pngs) if pngs else MetadataValue.md("MFL disabled")
     yield MaterializeResult(
         asset_key=FUSION_MODEL,
-        metadata={**meta, "epochs_run": int(m.get("epochs_run", 0)), "plots": MetadataValue.md(plots or "MFL disabled")},
+        metadata={**meta, "epochs_run": int(m.get("epochs_run", 0)), "plots": plots},
     )
     yield MaterializeResult(
         asset_key=FUSED_ITEM_VECTORS,
@@ -232,7 +269,7 @@ def sal_model(
     best = {k.removeprefix("best_"): MetadataValue.float(float(v)) for k, v in result.metrics.items() if k.startswith("best_")}
     return MaterializeResult(
         metadata={**meta, **best, "epochs_run": int(result.metrics["epochs_run"]),
-                  "uses_fused_items": bool(result.info["uses_fused"])}
+                  "uses_fused_items": bool(result.info["uses_fused"]), "curves": images_markdown(result.artifacts)}
     )
 
 
@@ -250,7 +287,7 @@ def evaluation_report(
             "table": MetadataValue.md(result.info["table"]),
             "ndcg@10": MetadataValue.float(float(m["mufasa_ndcg@10"])),
             "hr@10": MetadataValue.float(float(m["mufasa_hr@10"])),
-            "plot": MetadataValue.path(str(result.outputs["plot"])),
+            "plot": images_markdown([result.outputs["plot"]]),
         }
     )
 
@@ -281,4 +318,4 @@ def registered_model(
     )
 
 
-ASSETS = [ingest, user_sequences, item_features, train_mfl, sal_model, evaluation_report, registered_model]
+ASSETS = [raw_source, ingest, user_sequences, item_features, train_mfl, sal_model, evaluation_report, registered_model]

@@ -19,10 +19,12 @@ from dagster import (
 # and `dvc commit` never races on dvc.lock.
 retrain_job = define_asset_job(
     "retrain",
-    # every pipeline asset; studies (orchestration.defs.studies) are materialized on demand, never retrained
-    selection=AssetSelection.all() - AssetSelection.groups("studies"),
+    # include_sources: the run first observes `raw_source` (the raw data's version), so `ingest` records the input
+    # version it consumed (lineage, staleness in the UI); studies (orchestration.defs.studies) are materialized on
+    # demand, never retrained
+    selection=AssetSelection.all(include_sources=True) - AssetSelection.groups("studies"),
     executor_def=in_process_executor,
-    description="Every stage, in order, with its blocking data checks.",
+    description="Observes the raw source, then every stage, in order, with its blocking data checks.",
     # One retrain at a time per checkout: .dagster/dagster.yaml limits runs with this tag to 1, so a scheduled,
     # sensor-triggered or UI-launched retrain queues behind a running one (and the project lock of
     # mufasa.pipeline.lock stops out-of-band runs, e.g. `dagster job execute`, with a clear error).

@@ -1,4 +1,9 @@
-"""Sensors: retrain when the raw data changes (once per version), and record why a retrain failed."""
+"""Sensors: retrain when the raw data changes (once per version), and record why a retrain failed.
+
+The raw-data sensor reads the same version as the ``raw_source`` observable source asset
+(:func:`orchestration.defs.assets.raw_data_version`); the ``retrain`` it starts observes ``raw_source`` first, so
+the version it fired for is the input version ``ingest`` records.
+"""
 
 import json
 
@@ -12,7 +17,7 @@ from dagster import (
     sensor,
 )
 
-from mufasa.pipeline.fingerprint import source_fingerprint
+from orchestration.defs.assets import raw_data_version
 from orchestration.defs.jobs import retrain_job
 from orchestration.defs.resources import MlflowTracking, MufasaProject
 
@@ -31,12 +36,13 @@ def _ingested_fingerprint(project: MufasaProject) -> str | None:
     description="Starts `retrain` when the configured raw data (files or ingest params) changes.",
 )
 def raw_data_sensor(context: SensorEvaluationContext, project: MufasaProject):
-    """Fire once per new fingerprint of the raw source; the cursor holds the last fingerprint acted on.
+    """Fire once per new version of the raw source (``raw_source``'s data version); the cursor holds the last
+    version acted on.
 
     On its first tick (no cursor) the sensor compares against what was last ingested (``manifest.json``), so
     switching it on does not retrain on data that is already in.
     """
-    current = source_fingerprint(project.params().ingest, project.paths.root)
+    current = raw_data_version(project)
     last = context.cursor or _ingested_fingerprint(project)
     if current == last:
         if context.cursor is None:
