@@ -6,12 +6,12 @@ for the grid, writes ``benchmarks/results/scaling.{json,md,png}`` and logs every
 
 # no `from __future__ import annotations`: Dagster reads the config class from the live annotation
 
-import base64
 from pathlib import Path
 
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
+from orchestration.defs.report_images import png_data_uri
 from orchestration.defs.resources import MufasaProject
 
 STUDIES_GROUP = "studies"
@@ -37,13 +37,12 @@ def scaling_study(context: AssetExecutionContext, config: ScalingStudyConfig,
                         tokens_per_step=config.tokens_per_step, n_users=config.users, seed=config.seed)
     out = Path(project.root) / config.out
     payload = run_scaling(project.params(), project.paths, out, cfg)
-    png = out.with_suffix(".png")
-    image = base64.b64encode(png.read_bytes()).decode()  # inline: a file path does not load in the browser
+    image = png_data_uri(out.with_suffix(".png"))  # inline (downscaled): a file path does not load in the browser
     cross = crossover(payload["trials"])
     context.log.info(f"scaling study: {len(payload['trials'])} trials, SAL faster than dense from L = {cross}")
     return MaterializeResult(metadata={
         "table": MetadataValue.md(out.with_suffix(".md").read_text()),
-        "plot": MetadataValue.md(f"![scaling](data:image/png;base64,{image})"),
+        "plot": MetadataValue.md(f"![scaling]({image})"),
         "sal_faster_than_dense_from_L": MetadataValue.int(cross or -1),
         "results": MetadataValue.path(str(out.with_suffix(".json"))),
     })
