@@ -219,6 +219,9 @@ def recommend(
     payload: bool = typer.Option(
         False, help="Print the REST request body for `mlflow models serve` (/invocations) instead of scoring."
     ),
+    explain: bool = typer.Option(
+        False, help="Also show why: the past blocks the selection branch weighted most and the branch gates."
+    ),
 ) -> None:
     """Top-k next items for USER from the champion model, with titles.
 
@@ -235,7 +238,7 @@ def recommend(
     if frame is None:
         typer.secho(f"error: user {user} has no events in {paths.raw_interactions}", fg="red", err=True)
         raise typer.Exit(2)
-    request_params = {"k": k, "drop_unknown": True}
+    request_params = {"k": k, "drop_unknown": True, **({"explain": True} if explain else {})}
     if payload:
         body = {"dataframe_split": frame.to_dict(orient="split", index=False), "params": request_params}
         typer.echo(json.dumps(body))
@@ -252,9 +255,31 @@ def recommend(
         typer.secho(f"error: {uri} cannot score user {user}: {exc.message}", fg="red", err=True)
         raise typer.Exit(2) from exc
     typer.echo(f"user {user} ({len(frame['item_ids'][0])} events), model {uri}:")
+    why = json.loads(out["explanation"][0]) if explain else None
     rows = zip(out["item_ids"][0], out["scores"][0], out["titles"][0])
     for rank, (item, score, title) in enumerate(rows, start=1):
-        typer.echo(f"{rank:3d}. {title}  (item {item}, score {score:.3f})")
+        because = f"  <- block {why['because'][rank - 1] + 1}" if why and why["because"][rank - 1] >= 0 else ""
+        typer.echo(f"{rank:3d}. {title}  (item {item}, score {score:.3f}){because}")
+    if why is not None:
+        _print_explanation(why)
+
+
+def _print_explanation(why: dict) -> None:
+    from datetime import datetime, timezone
+
+    def day(ts: int) -> str:
+        return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d")
+
+    typer.echo("why: the past blocks the selection branch weighted most at the latest event "
+               "(\"<- block N\": the block holding the item most like the recommendation)")
+    if not why["blocks"]:
+        typer.echo("  (none: the history is too short for a past block to be selected; the window sees all of it)")
+    for n, block in enumerate(why["blocks"], start=1):
+        titles = "; ".join(block["titles"][:6]) + (" ..." if len(block["titles"]) > 6 else "")
+        typer.echo(f"  block {n}: {day(block['first_timestamp'])} .. {day(block['last_timestamp'])}, weight "
+                   f"{block['weight']:.2f} (layer {block['layer'] + 1}): {titles}")
+    for n, gates in enumerate(why["gates"], start=1):
+        typer.echo(f"  layer {n} gates: " + ", ".join(f"{name} {value:.2f}" for name, value in gates.items()))
 
 
 @app.command()

@@ -12,7 +12,10 @@ ingested interactions; ``--payload`` prints the request it sends). The schema (:
   length; optional, positions are used when absent);
 - params ``k`` (how many items, default 10) and ``drop_unknown`` (default false: ids outside the model's
   catalogue are an error; true: they are skipped, as ``mufasa recommend`` does for items added since training);
-- output columns ``item_ids``, ``scores`` and ``titles`` of the top-k items, best first.
+- output columns ``item_ids``, ``scores`` and ``titles`` of the top-k items, best first; with param ``explain``
+  (default false) also ``explanation``, a JSON string: the past blocks of the history that the selection branch
+  weighted most at the last event (``blocks``: item ids, titles, first/last timestamp, weight, layer) and the
+  branch gates per layer (``gates``: window, compressed, selected, mean over heads) — see :meth:`explain`.
 
 Requests the schema lets through but the model cannot answer (unknown items, no known item left, mismatched
 timestamps, ``k`` < 1) raise ``MlflowException`` with ``INVALID_PARAMETER_VALUE``: the scoring server answers
@@ -21,6 +24,7 @@ timestamps, ``k`` < 1) raise ``MlflowException`` with ``INVALID_PARAMETER_VALUE`
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -44,9 +48,12 @@ SIGNATURE = ModelSignature(
         ColSpec(Array(DataType.long), "item_ids"),
         ColSpec(Array(DataType.double), "scores"),
         ColSpec(Array(DataType.string), "titles"),
+        ColSpec(DataType.string, "explanation", required=False),
     ]),
-    params=ParamSchema([ParamSpec("k", DataType.long, 10), ParamSpec("drop_unknown", DataType.boolean, False)]),
+    params=ParamSchema([ParamSpec("k", DataType.long, 10), ParamSpec("drop_unknown", DataType.boolean, False),
+                        ParamSpec("explain", DataType.boolean, False)]),
 )
+EXPLAINED_BLOCKS = 3  # past blocks an explanation lists
 
 _SHOWN = 10  # unknown ids named in an error
 
@@ -115,10 +122,77 @@ class SALRecommender(mlflow.pyfunc.PythonModel):
         scores = self.score(histories)
         top = torch.topk(scores, k=min(k, scores.shape[1]), dim=1)
         rows = top.indices.numpy()  # column c scores the item of items.parquet row c (index c + 1)
-        return pd.DataFrame(
+        out = pd.DataFrame(
             {
                 "item_ids": [self.vocab.to_ids(row + 1).tolist() for row in rows],
                 "scores": [row.tolist() for row in top.values.double().numpy()],
                 "titles": [self.titles[row].tolist() for row in rows],
             }
         )
+        if params.get("explain", False):
+            out["explanation"] = [json.dumps(e) for e in self.explain(histories, recommended=rows + 1)]
+        return out
+
+    def explain(self, histories: Histories, n_blocks: int = EXPLAINED_BLOCKS,
+                recommended: np.ndarray | None = None) -> list[dict]:
+        """Per history: the ``n_blocks`` past blocks the selection branch weighted most at the last event (over
+        layers and heads, each block at its best weight) and the branch gates of every layer (mean over heads).
+        With ``recommended`` (rows of item indices), ``because`` says for each recommended item which listed
+        block holds the item most like it (cosine of the model's item embeddings), or -1 when none is listed.
+
+        The blocks are those :meth:`~mufasa.models.sal.SALModel.explain_last` reports for the events the model
+        scores (the last ``max_len``); a block's weight is its share of the selection softmax over all candidate
+        blocks. A dense-attention model has no selection branch: a 400.
+        """
+        from mufasa.training.sal_trainer import pad_sequences
+
+        model = self.model
+        if model.config.attention != "sparse":
+            raise _bad_request("this model uses dense attention: it has no selection branch to explain")
+        device = model.position.weight.device
+        explained = []
+        for u in range(len(histories)):
+            items, stamps = histories.user(u)
+            batch = pad_sequences(histories.offsets, histories.items, histories.timestamps, np.array([u]),
+                                  model.config.max_len, with_targets=False).to(device)
+            first = len(items) - batch.items.shape[1]  # history index of the first scored event
+            layers = model.explain_last(batch.items, batch.timestamps)
+            best: dict[tuple[int, int], tuple[float, int]] = {}
+            for layer_no, layer in enumerate(layers):
+                starts, ends = layer["block_start"][0].cpu(), layer["block_end"][0].cpu()
+                weights = layer["block_weight"][0].cpu()
+                for start, end, weight in zip(starts.flatten().tolist(), ends.flatten().tolist(),
+                                              weights.flatten().tolist()):
+                    if start >= 0 and weight > best.get((start, end), (-1.0, 0))[0]:
+                        best[(start, end)] = (weight, layer_no)
+            blocks = []
+            for (start, end), (weight, layer_no) in sorted(best.items(), key=lambda kv: -kv[1][0])[:n_blocks]:
+                idx = self.vocab.to_ids(items[first + start : first + end]).tolist()
+                blocks.append({
+                    "item_ids": idx,
+                    "titles": self.titles[items[first + start : first + end] - 1].tolist(),
+                    "first_timestamp": int(stamps[first + start]),
+                    "last_timestamp": int(stamps[first + end - 1]),
+                    "weight": round(float(weight), 4),
+                    "layer": layer_no,
+                })
+            gates = [dict(zip(("window", "compressed", "selected"),
+                              [round(float(g), 4) for g in layer["gates"][0].mean(dim=0).tolist()]))
+                     for layer in layers]
+            entry = {"blocks": blocks, "gates": gates}
+            if recommended is not None:
+                entry["because"] = self._closest_block(recommended[u], [
+                    items[first + start : first + end]
+                    for (start, end), _ in sorted(best.items(), key=lambda kv: -kv[1][0])[:n_blocks]])
+            explained.append(entry)
+        return explained
+
+    def _closest_block(self, recommended: np.ndarray, blocks: list[np.ndarray]) -> list[int]:
+        if not blocks:
+            return [-1] * len(recommended)
+        with torch.no_grad():
+            table = torch.nn.functional.normalize(self.model.item_embeddings().float().cpu(), dim=1)
+        rec = table[torch.as_tensor(recommended, dtype=torch.long)]  # (k, D)
+        best = torch.stack([(rec @ table[torch.as_tensor(b, dtype=torch.long)].T).max(dim=1).values
+                            for b in blocks], dim=1)  # (k, n_blocks)
+        return best.argmax(dim=1).tolist()
