@@ -431,7 +431,9 @@ def write_compile_report(result: dict, stem: Path) -> None:
         "Variants: " + "; ".join(f"**{k}** = {v}" for k, v in COMPILE_LABELS.items()) + ". "
         "*vs dense* = dense time / variant time (> 1: faster than dense); *vs eager* = eager sparse time / "
         "compiled time (> 1: compiling helped). *match* = outputs (grad and no-grad) and the gradients of the "
-        "input and every weight allclose to eager (rtol 1e-4, atol 1e-5); max |diff| in the JSON.",
+        "input and every weight allclose to eager (rtol 1e-4, atol 1e-5); max |diff| in the JSON. *graph-break "
+        "events*: Dynamo's counter during the first fwd+bwd compilation (it counts a break again when it re-traces "
+        "a frame; the distinct breaks are listed at the end).",
         "",
     ]
     for run in result["runs"]:
@@ -455,7 +457,7 @@ def write_compile_report(result: dict, stem: Path) -> None:
             "",
             "| L | eager fwd ms | compiled fwd ms | pieces fwd ms | dense fwd ms | compiled vs eager | pieces vs eager "
             "| peak MB eager / compiled / pieces / dense | compile s compiled (fwd+bwd + fwd) "
-            "| compile s pieces | graph breaks compiled / pieces | match compiled / pieces |",
+            "| compile s pieces | graph-break events compiled / pieces | match compiled / pieces |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in run["rows"]:
