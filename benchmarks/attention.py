@@ -33,6 +33,20 @@ CUDA) at that length are written to the Markdown report.
 
 Writes ``benchmarks/results/attention-cpu.json``, ``.md`` (table) and ``.png`` (time and memory vs L) for the
 float32 CPU run, ``attention-<device>-<dtype>.*`` otherwise (``attention-cuda-bfloat16.*``); ``--out`` overrides.
+
+``--compile`` (CPU, float32) asks whether ``torch.compile`` (inductor's C++/OpenMP backend, ``dynamic=False``)
+speeds the sparse block path up. For every (threads, L) four modules with the same weights alternate within each
+repetition: eager sparse, the whole sparse module compiled (``module.compile()``; Dynamo splits it at every
+data-dependent ``bool(tensor)`` and at the custom autograd Functions it cannot trace), the block-path pieces
+compiled separately (window tiles, block compression MLPs, selection scoring; the rest eager) and eager dense
+SDPA. Compilation is timed apart (the first fwd+bwd call and the first no-grad call, cold: a fresh inductor cache
+per run unless ``TORCHINDUCTOR_CACHE_DIR`` is set, Dynamo reset and ``inductor.config.cpp.threads`` set per thread
+count, since the generated OpenMP code bakes the thread count in); the compiled outputs and gradients (input and
+every weight) are checked against eager (fp32 allclose) before anything is timed; graph breaks are counted per
+variant (Dynamo's counters) and the whole module's break reasons recorded (``torch._dynamo.explain``). Writes
+``results/attention-cpu-compile.{json,md}`` (defaults: L in 1024, 4096, 8192, 7 repetitions, 2 warm-up)::
+
+    .venv/bin/python benchmarks/attention.py --compile
 """
 
 from __future__ import annotations
@@ -277,12 +291,286 @@ def write_reports(result: dict, stem: Path) -> None:
     plt.close(fig)
 
 
+# ---- --compile: torch.compile on the sparse block path (CPU) ------------------------------------------------
+
+COMPILE_VARIANTS = ("eager", "compiled", "pieces", "dense")
+COMPILE_LABELS = {
+    "eager": "eager sparse",
+    "compiled": "compiled sparse (whole module)",
+    "pieces": "compiled sparse (block-path pieces)",
+    "dense": "eager dense SDPA",
+}
+
+
+def compile_pieces(module: MultiGranularitySparseAttention) -> None:
+    """Compile the block path's pieces in place: the window-tile attention (incl. its block-shift Function), both
+    compression MLPs and the selection scoring. Layout, the compressed branch (its chunk bounds are a host list),
+    the row gathers (their CSR backward has a data-dependent shape), the gate mix and projections stay eager."""
+    module._window = torch.compile(module._window, dynamic=False)  # type: ignore[method-assign]
+    module.selection = torch.compile(module.selection, dynamic=False)  # type: ignore[method-assign]
+    module.compress_k.compile(dynamic=False)
+    module.compress_v.compile(dynamic=False)
+
+
+def grads_of(module: torch.nn.Module, x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Output and [x.grad, every weight's grad] of one fwd+bwd of ``out.square().mean()``."""
+    clear_grads(module, x)
+    out = module(x, valid)
+    out.square().mean().backward()
+    grads = [x.grad.clone()] + [p.grad.clone() for p in module.parameters()]
+    clear_grads(module, x)
+    return out.detach(), grads
+
+
+def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[float, bool]:
+    """Largest absolute difference and whether every pair is fp32-allclose (rtol 1e-4, atol 1e-5)."""
+    diff = max(float((s - t).abs().max()) for s, t in zip(a, b))
+    return diff, all(torch.allclose(s, t, rtol=1e-4, atol=1e-5) for s, t in zip(a, b))
+
+
+def graph_break_reasons(module: torch.nn.Module, x: torch.Tensor, valid: torch.Tensor) -> dict:
+    """``torch._dynamo.explain`` of the whole module: graphs, breaks and each distinct reason with its code line."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(module)(x, valid)
+    reasons: dict[str, int] = {}
+    for br in explained.break_reasons:
+        frame = br.user_stack[-1] if br.user_stack else None
+        where = f"{Path(frame.filename).name}:{frame.lineno} `{(frame.line or '').strip()}`" if frame else "?"
+        key = f"{br.reason.strip().splitlines()[0][:120]} at {where}"
+        reasons[key] = reasons.get(key, 0) + 1
+    torch._dynamo.reset()
+    return {"graphs": explained.graph_count, "graph_breaks": explained.graph_break_count, "reasons": reasons}
+
+
+def run_compile_length(
+    L: int, tokens: int, cfg: SparseAttentionConfig, reps: int, warmup: int, profile: bool = False
+) -> dict:
+    """One (threads, L) cell of ``--compile``: compile (timed, checked), then the four variants side by side;
+    with ``profile`` also the compiled module's top operators (``row["profile"]``)."""
+    import copy
+
+    import torch._dynamo
+    import torch._inductor.config
+    from torch._dynamo.utils import counters
+
+    device = torch.device("cpu")
+    torch._dynamo.reset()  # every cell compiles from scratch (and recompiles never hit a limit)
+    torch._inductor.config.cpp.threads = torch.get_num_threads()  # baked into the generated OpenMP code
+    torch.manual_seed(0)
+    eager = MultiGranularitySparseAttention(cfg)
+    compiled, pieces = copy.deepcopy(eager), copy.deepcopy(eager)
+    compiled.compile(dynamic=False)
+    compile_pieces(pieces)
+    modules = {"eager": eager, "compiled": compiled, "pieces": pieces, "dense": DenseCausalAttention(cfg)}
+    x, valid = make_inputs(L, tokens, cfg.d_model, device, torch.float32)
+    row: dict = {"L": L, "B": x.shape[0], "threads": torch.get_num_threads()}
+
+    ref_out, ref_grads = grads_of(eager, x, valid)
+    with torch.no_grad():
+        ref_fwd = eager(x, valid)
+    for name in ("compiled", "pieces"):
+        counters.clear()
+        started = time.perf_counter()
+        out, grads = grads_of(modules[name], x, valid)  # first call: trace + compile forward and backward
+        row[f"{name}_compile_fwd_bwd_s"] = round(time.perf_counter() - started, 1)
+        row[f"{name}_graph_breaks"] = sum(counters["graph_break"].values())  # of the fwd+bwd compilation
+        row[f"{name}_graphs"] = counters["stats"]["unique_graphs"]
+        started = time.perf_counter()
+        with torch.no_grad():
+            fwd = modules[name](x, valid)  # grad mode is guarded: the no-grad forward compiles again
+        row[f"{name}_compile_fwd_s"] = round(time.perf_counter() - started, 1)
+        row[f"{name}_max_abs_diff_out"], ok_out = max_diff([out, fwd], [ref_out, ref_fwd])
+        row[f"{name}_max_abs_diff_grad"], ok_grad = max_diff(grads, ref_grads)
+        row[f"{name}_matches_eager"] = ok_out and ok_grad
+
+    for mode, backward in (("fwd_bwd", True), ("fwd", False)):
+        steps = {name: make_step(m, x, valid, backward) for name, m in modules.items()}
+        for _ in range(warmup):
+            for step in steps.values():
+                step()
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        for _ in range(reps):
+            for name, step in steps.items():  # alternate: a noisy neighbour hits all four
+                times[name].append(step_ms(step, device))
+        for name, ts in times.items():
+            row[f"{name}_{mode}_ms"] = statistics.median(ts)
+            row[f"{name}_{mode}_all_ms"] = [round(t, 2) for t in ts]
+        for name in ("eager", "compiled", "pieces"):
+            row[f"{name}_vs_dense_{mode}"] = row[f"dense_{mode}_ms"] / row[f"{name}_{mode}_ms"]
+        for name in ("compiled", "pieces"):
+            row[f"{name}_vs_eager_{mode}"] = row[f"eager_{mode}_ms"] / row[f"{name}_{mode}_ms"]
+    for name, m in modules.items():
+        clear_grads(m, x)
+        row[f"{name}_peak_mb"] = peak_memory_mb(make_step(m, x, valid, True), device)
+    if profile:
+        row["profile"] = top_ops(make_step(compiled, x, valid, True), device, rows=20)
+    torch._dynamo.reset()
+    return row
+
+
+def write_compile_report(result: dict, stem: Path) -> None:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    cfg = result["config"]
+    lines = [
+        f"# torch.compile on SAL's sparse attention — {result['device']}, fp32",
+        "",
+        f"{result['timestamp']}; torch {result['torch']}; {result['cpu']}; batch = {result['tokens']} tokens / L; "
+        f"d_model {cfg['d_model']}, {cfg['n_heads']} heads; sparse: window {cfg['window']}, blocks of "
+        f"{cfg['block_size']}, top-{cfg['top_k']} shared by {cfg['select_group']} query block(s). One layer with its "
+        f"projections; median of {result['reps']} after {result['warmup']} warm-up (after compilation); the four "
+        "modules (same weights) alternate in each repetition. inductor, `dynamic=False`, default mode; "
+        f"compilation cold (fresh inductor cache: {result['cold_cache']}), Dynamo reset per cell.",
+        "",
+        f"Machine load (1/5/15 min) at start: {result['load_start']}, at end: {result['load_end']}. The 2 cores are "
+        "shared with other engineers' jobs, so **absolute times are noisy**: compare the ratios within a row "
+        f"(measured side by side). OMP_WAIT_POLICY={result['omp_wait_policy']}.",
+        "",
+        "Variants: " + "; ".join(f"**{k}** = {v}" for k, v in COMPILE_LABELS.items()) + ". "
+        "*vs dense* = dense time / variant time (> 1: faster than dense); *vs eager* = eager sparse time / "
+        "compiled time (> 1: compiling helped). *match* = outputs (grad and no-grad) and the gradients of the "
+        "input and every weight allclose to eager (rtol 1e-4, atol 1e-5); max |diff| in the JSON. *graph-break "
+        "events*: Dynamo's counter during the first fwd+bwd compilation (it counts a break again when it re-traces "
+        "a frame; the distinct breaks are listed at the end).",
+        "",
+    ]
+    for run in result["runs"]:
+        lines += [
+            f"## {run['threads']} thread(s): fwd+bwd",
+            "",
+            "| L | B | eager ms | compiled ms | pieces ms | dense ms | eager vs dense | compiled vs dense "
+            "| pieces vs dense | compiled vs eager | pieces vs eager |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in run["rows"]:
+            lines.append(
+                f"| {r['L']:,} | {r['B']} | {r['eager_fwd_bwd_ms']:.0f} | {r['compiled_fwd_bwd_ms']:.0f} "
+                f"| {r['pieces_fwd_bwd_ms']:.0f} | {r['dense_fwd_bwd_ms']:.0f} | {r['eager_vs_dense_fwd_bwd']:.2f}x "
+                f"| {r['compiled_vs_dense_fwd_bwd']:.2f}x | {r['pieces_vs_dense_fwd_bwd']:.2f}x "
+                f"| {r['compiled_vs_eager_fwd_bwd']:.2f}x | {r['pieces_vs_eager_fwd_bwd']:.2f}x |"
+            )
+        lines += [
+            "",
+            f"## {run['threads']} thread(s): fwd (no grad), peak memory, compilation",
+            "",
+            "| L | eager fwd ms | compiled fwd ms | pieces fwd ms | dense fwd ms | compiled vs eager | pieces vs eager "
+            "| peak MB eager / compiled / pieces / dense | compile s compiled (fwd+bwd + fwd) "
+            "| compile s pieces | graph-break events compiled / pieces | match compiled / pieces |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in run["rows"]:
+            lines.append(
+                f"| {r['L']:,} | {r['eager_fwd_ms']:.0f} | {r['compiled_fwd_ms']:.0f} | {r['pieces_fwd_ms']:.0f} "
+                f"| {r['dense_fwd_ms']:.0f} | {r['compiled_vs_eager_fwd']:.2f}x | {r['pieces_vs_eager_fwd']:.2f}x "
+                f"| {r['eager_peak_mb']:.0f} / {r['compiled_peak_mb']:.0f} / {r['pieces_peak_mb']:.0f} / "
+                f"{r['dense_peak_mb']:.0f} | {r['compiled_compile_fwd_bwd_s']} + {r['compiled_compile_fwd_s']} "
+                f"| {r['pieces_compile_fwd_bwd_s']} + {r['pieces_compile_fwd_s']} "
+                f"| {r['compiled_graph_breaks']} / {r['pieces_graph_breaks']} "
+                f"| {'yes' if r['compiled_matches_eager'] else 'NO'} / {'yes' if r['pieces_matches_eager'] else 'NO'} |"
+            )
+        lines.append("")
+    explained = result.get("explain")
+    if explained:
+        lines += [
+            f"## Graph breaks of the whole module (`torch._dynamo.explain`, L = {result['explain_length']:,})",
+            "",
+            f"{explained['graphs']} graphs, {explained['graph_breaks']} graph breaks:",
+            "",
+        ]
+        lines += [f"- {n} x {reason}" for reason, n in explained["reasons"].items()]
+        lines.append("")
+    if result.get("profile"):
+        lines += [
+            f"## Where the compiled module's time goes (fwd+bwd, L = {result['profile_length']:,}, "
+            f"{result['runs'][0]['threads']} thread(s), torch.profiler, self CPU time)",
+            "",
+            "```",
+            result["profile"].rstrip(),
+            "```",
+            "",
+        ]
+    stem.with_suffix(".md").write_text("\n".join(lines))
+
+
+def main_compile(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """``--compile``: eager vs compiled sparse vs dense on CPU, fp32; writes ``attention-cpu-compile.*``."""
+    import shutil
+    import tempfile
+
+    if torch.device(args.device).type != "cpu" or args.dtype != "float32":
+        parser.error("--compile measures the CPU float32 path: drop --device/--dtype")
+    cold = "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+    cache = tempfile.mkdtemp(prefix="mufasa-inductor-") if cold else None
+    if cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache  # read lazily by inductor: compile times are cold
+    cfg = SparseAttentionConfig()
+    lengths = args.lengths or [1024, 4096, 8192]
+    reps, warmup = args.reps or 7, args.warmup if args.warmup is not None else 2
+    threads = list(dict.fromkeys(args.threads))
+    result = {
+        "device": "cpu",
+        "torch": torch.__version__,
+        "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "tokens": args.tokens,
+        "reps": reps,
+        "warmup": warmup,
+        "cold_cache": cold,
+        "config": {k: getattr(cfg, k) for k in ("d_model", "n_heads", "window", "block_size", "top_k", "select_group")},
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "load_start": os.getloadavg(),
+        "runs": [],
+    }
+    stem = args.out or RESULTS / "attention-cpu-compile"
+    started = time.perf_counter()
+    default_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads[0])
+        torch.manual_seed(0)
+        x, valid = make_inputs(lengths[0], args.tokens, cfg.d_model, torch.device("cpu"), torch.float32)
+        result["explain_length"] = lengths[0]
+        result["explain"] = graph_break_reasons(MultiGranularitySparseAttention(cfg), x, valid)
+        print(f"whole module: {result['explain']['graphs']} graphs, {result['explain']['graph_breaks']} breaks", flush=True)
+        for n_threads in threads:
+            torch.set_num_threads(n_threads)
+            rows = []
+            for L in lengths:
+                profile = n_threads == threads[0] and L == args.profile_length
+                row = run_compile_length(L, args.tokens, cfg, reps, warmup, profile)
+                if profile:
+                    result["profile_length"], result["profile"] = L, row.pop("profile")
+                rows.append(row)
+                print(
+                    f"threads {n_threads} L {L:>6}: fwd+bwd eager {row['eager_fwd_bwd_ms']:.0f}, compiled "
+                    f"{row['compiled_fwd_bwd_ms']:.0f}, pieces {row['pieces_fwd_bwd_ms']:.0f}, dense "
+                    f"{row['dense_fwd_bwd_ms']:.0f} ms; compile {row['compiled_compile_fwd_bwd_s']} s / "
+                    f"{row['pieces_compile_fwd_bwd_s']} s; match {row['compiled_matches_eager']} / "
+                    f"{row['pieces_matches_eager']}",
+                    flush=True,
+                )
+                stem.parent.mkdir(parents=True, exist_ok=True)  # partial JSON: a killed run still leaves data
+                partial = {**result, "runs": [*result["runs"], {"threads": n_threads, "rows": rows}], "partial": True}
+                stem.with_suffix(".json").write_text(json.dumps(partial, indent=2) + "\n")
+            result["runs"].append({"threads": n_threads, "rows": rows})
+    finally:
+        torch.set_num_threads(default_threads)
+        if cache:
+            shutil.rmtree(cache, ignore_errors=True)
+    result["load_end"] = os.getloadavg()
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    write_compile_report(result, stem)
+    print(f"wrote {stem}.json/.md in {result['seconds']} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096, 8192, 16384])
+    parser.add_argument("--lengths", type=int, nargs="+", default=None,
+                        help="default 256 1024 4096 8192 16384 (--compile: 1024 4096 8192)")
     parser.add_argument("--tokens", type=int, default=16384)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=None, help="default 5 (--compile: 7)")
+    parser.add_argument("--warmup", type=int, default=None, help="default 1 (--compile: 2, after compilation)")
     parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads(), 1],
                         help="CPU thread counts to run (the first one is also profiled and plotted for memory)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
@@ -291,7 +579,15 @@ def main() -> None:
     parser.add_argument("--profile-length", type=int, default=4096, help="0 = no operator profile")
     parser.add_argument("--out", type=Path, default=None,
                         help="output stem (default results/attention-cpu, or attention-<device>-<dtype>)")
+    parser.add_argument("--compile", action="store_true",
+                        help="eager vs torch.compile'd sparse vs dense (CPU fp32) -> results/attention-cpu-compile.*")
     args = parser.parse_args()
+    if args.compile:
+        main_compile(args, parser)
+        return
+    args.lengths = args.lengths or [256, 1024, 4096, 8192, 16384]
+    args.reps = args.reps or 5
+    args.warmup = 1 if args.warmup is None else args.warmup
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
