@@ -26,9 +26,9 @@ from tests.conftest import REPO, synthetic_params_dict
 NAME = "mufasa-sal"
 
 
-def _gate(params, paths, tracker):
+def _gate(params, paths, tracker, register=True):
     with tracker.stage_run("gate", "test") as run:
-        return stages.run_stage("gate", params, paths, stage_run=run)
+        return stages.run_stage("gate", params, paths, stage_run=run, register=register)
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +53,12 @@ def test_first_model_is_registered_and_promoted_with_reasons(pipeline):
     assert str(version.version) == "1"
     assert version.tags["gate.decision"] == "promoted" and "popularity" in version.tags["gate.reasons"]
     assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "1"
-    assert json.loads((paths.metrics_dir / "gate.json").read_text())["champion"] == "1"
+    assert first.info["champion"] == "1" and first.info["registered"]
+    recorded = json.loads((paths.metrics_dir / "gate.json").read_text())
+    assert recorded["decision"] == "promote" and recorded["compared_with_champion"] is None
+    assert recorded["candidate_key"] == version.tags["gate.candidate_key"]
     report = (paths.reports_dir / "run_report.md").read_text()
-    assert "**promoted**" in report and "| mufasa |" in report and "![eval.png]" in report
+    assert "**promote**" in report and "| mufasa |" in report and "![eval.png]" in report
 
 
 def test_registered_model_reproduces_the_evaluated_scores(pipeline):
@@ -244,3 +247,39 @@ def test_refusal_at_the_shipped_margins_exits_3_and_fails_the_dagster_check(pipe
     finally:
         params_path.write_text(saved_params)
         eval_path.write_text(saved_eval)
+
+
+def test_a_recording_gate_registers_nothing_and_writes_what_a_registering_one_writes(pipeline):
+    """What `dvc repro`/`dvc exp run` run (no --register): the decision is recorded, the registry is untouched,
+    and the files (what dvc.lock hashes) are byte-identical to those of the run that then registers."""
+    paths, params, tracker, _ = pipeline
+    stages.run_stage("evaluate", params, paths)
+    client = MlflowClient(tracker.tracking_uri)
+    versions_before = {v.version for v in client.search_model_versions(f"name='{NAME}'")}
+    champion_before = alias_version(tracker.tracking_uri, NAME, CHAMPION)
+    # another rule makes another candidate (the key covers the rule): one no version was registered for yet
+    other = parse_params({**synthetic_params_dict(), "gate": {**synthetic_params_dict()["gate"],
+                                                              "min_gain_over_popularity": -0.9}})
+    recorded = _gate(other, paths, tracker, register=False)
+    assert recorded.info["passed"] and not recorded.info["registered"] and recorded.info["version"] is None
+    assert {v.version for v in client.search_model_versions(f"name='{NAME}'")} == versions_before
+    assert alias_version(tracker.tracking_uri, NAME, CHAMPION) == champion_before
+    files = {p: p.read_bytes() for p in (paths.metrics_dir / "gate.json", paths.reports_dir / "run_report.md")}
+    assert json.loads(files[paths.metrics_dir / "gate.json"])["compared_with_champion"] == champion_before
+
+    registered = _gate(other, paths, tracker, register=True)
+    assert registered.info["registered"] and registered.info["version"] not in versions_before
+    assert alias_version(tracker.tracking_uri, NAME, CHAMPION) == registered.info["version"]
+    assert {p: p.read_bytes() for p in files} == files
+    # and a recording run of a candidate that is registered now reuses its recorded decision: same files again
+    again = _gate(other, paths, tracker, register=False)
+    assert again.info["version"] == registered.info["version"] and {p: p.read_bytes() for p in files} == files
+
+
+def test_register_is_refused_inside_a_dvc_experiment(project, monkeypatch):
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-123")
+    out = CliRunner().invoke(app, ["stage", "gate", "--register", "--root", str(project.root)])
+    assert out.exit_code == 2 and "never registers a version" in out.output, out.output
+    monkeypatch.delenv("DVC_EXP_NAME")
+    out = CliRunner().invoke(app, ["stage", "sequences", "--register", "--root", str(project.root)])
+    assert out.exit_code == 2 and "gate's option" in out.output, out.output
