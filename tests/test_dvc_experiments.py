@@ -13,8 +13,6 @@ import pytest
 
 from tests.conftest import dvc_executable, run_ok, tool_env
 
-pytestmark = pytest.mark.slow
-
 NAME = "mufasa-sal"
 
 
@@ -66,6 +64,7 @@ def champion_project(clone, monkeypatch):
     return clone
 
 
+@pytest.mark.slow
 def test_a_dvc_experiment_leaves_the_champion_where_it_was(champion_project):
     root = champion_project
     # the README's kind of experiment: a changed parameter reruns evaluate and the gate, whose candidate passes
@@ -84,6 +83,7 @@ def test_a_dvc_experiment_leaves_the_champion_where_it_was(champion_project):
     assert _registry(root) == ({"1"}, "1")
 
 
+@pytest.mark.slow
 def test_a_temporary_experiment_logs_into_the_original_project_store(champion_project):
     root = champion_project
     before = {r.info.run_id for r in _gate_runs(root)}
@@ -98,3 +98,33 @@ def test_a_temporary_experiment_logs_into_the_original_project_store(champion_pr
     assert any(k.startswith("champion_ndcg") for k in run.data.metrics), run.data.metrics
     assert _registry(root) == ({"1"}, "1")
     assert not list((root / ".dvc" / "tmp").glob("exps/**/mlflow/mlflow.db"))
+
+
+def test_a_dvc_experiment_copy_resolves_to_the_original_project_store(tmp_path, monkeypatch):
+    """The rule behind the slow test above, without DVC: a root under ``<DVC_ROOT>/.dvc/tmp/exps/`` logs to
+    ``<DVC_ROOT>/mlflow``; every other root keeps its own store; an explicit store always wins."""
+    from mufasa.pipeline.tracking import Tracker, default_tracking_uri, store_root
+
+    original = tmp_path / "project"
+    (original / ".dvc" / "tmp" / "exps" / "tmpab12" / "sub").mkdir(parents=True)
+    (original / "dvc.yaml").write_text("stages: {}\n")
+    copy = original / ".dvc" / "tmp" / "exps" / "tmpab12"
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    own = f"sqlite:///{copy.resolve() / 'mlflow' / 'mlflow.db'}"
+    assert default_tracking_uri(copy) == own  # no DVC: the folder's own store
+
+    monkeypatch.setenv("DVC_ROOT", str(original))  # what DVC sets for a --temp / queued experiment's stages
+    expected = f"sqlite:///{original.resolve() / 'mlflow' / 'mlflow.db'}"
+    assert default_tracking_uri(copy) == expected
+    assert default_tracking_uri(copy / "sub") == expected
+    assert Tracker.for_project(copy).artifact_root == original.resolve() / "mlflow" / "artifacts"
+    assert store_root(original) == original.resolve()  # `dvc repro` / workspace `dvc exp run`: DVC_ROOT is the root
+    assert store_root(other) == other.resolve()  # a DVC_ROOT that is not this folder's parent project: ignored
+    (original / "dvc.yaml").unlink()
+    assert default_tracking_uri(copy) == own  # not a DVC project: the copy rule does not apply
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert default_tracking_uri(copy) == "http://127.0.0.1:5999"
