@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import dvc_executable, run_ok, tool_env
+from tests.conftest import dvc_executable, make_clone, run_ok, tool_env
 
 NAME = "mufasa-sal"
 
@@ -44,24 +44,45 @@ def _commit(root: Path, message: str) -> None:
     run_ok(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], root)
 
 
-@pytest.fixture
-def champion_project(clone, monkeypatch):
-    """The clone after `dvc repro` (which registers nothing) and `mufasa stage gate --register` (version 1 is
-    `champion`), committed: the state an experiment starts from. The store is the project's own ``mlflow/``."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # tool_env() passes os.environ on to the stages
-    monkeypatch.delenv("DVC_ROOT", raising=False)
-    run_ok([dvc_executable(), "repro"], clone)
-    assert json.loads((clone / "metrics" / "gate.json").read_text())["passed"]  # tests' gate margins let it pass
-    assert not (clone / "mlflow" / "mlflow.db").exists() or _registry(clone) == (set(), None)  # repro: no version
-    status = run_ok([dvc_executable(), "status"], clone)
-    assert "up to date" in status.stdout, status.stdout
-    out = run_ok([sys.executable, "-m", "mufasa.cli", "stage", "gate", "--register"], clone)
-    assert "registered as version 1;" in out.stdout, out.stdout
-    assert _registry(clone) == ({"1"}, "1")
-    status = run_ok([dvc_executable(), "status"], clone)  # registering changed none of the gate's recorded files
-    assert "up to date" in status.stdout, status.stdout
-    _commit(clone, "baseline with a champion")
-    return clone
+@pytest.fixture(scope="module")
+def champion_project(tmp_path_factory):
+    """A clone after `dvc repro` (which registers nothing) and `mufasa stage gate --register` (version 1 is
+    `champion`), committed: the state an experiment starts from. The store is the project's own ``mlflow/``.
+    Shared by this module's slow tests (one pipeline run): the temporary experiment leaves the workspace as it
+    was, so it runs first."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)  # tool_env() passes os.environ on to the stages
+        mp.delenv("DVC_ROOT", raising=False)
+        clone = make_clone(tmp_path_factory.mktemp("experiments") / "clone")
+        run_ok([dvc_executable(), "repro"], clone)
+        assert json.loads((clone / "metrics" / "gate.json").read_text())["passed"]  # tests' margins let it pass
+        assert not (clone / "mlflow" / "mlflow.db").exists() or _registry(clone) == (set(), None)  # no version
+        status = run_ok([dvc_executable(), "status"], clone)
+        assert "up to date" in status.stdout, status.stdout
+        out = run_ok([sys.executable, "-m", "mufasa.cli", "stage", "gate", "--register"], clone)
+        assert "registered as version 1;" in out.stdout, out.stdout
+        assert _registry(clone) == ({"1"}, "1")
+        status = run_ok([dvc_executable(), "status"], clone)  # registering changed none of the gate's files
+        assert "up to date" in status.stdout, status.stdout
+        _commit(clone, "baseline with a champion")
+        yield clone
+
+
+@pytest.mark.slow
+def test_a_temporary_experiment_logs_into_the_original_project_store(champion_project):
+    root = champion_project
+    before = {r.info.run_id for r in _gate_runs(root)}
+    exp = run_ok([dvc_executable(), "exp", "run", "--temp", "-S", "gate.min_gain_over_popularity=-0.5"], root)
+    assert "Running stage 'gate'" in exp.stdout, exp.stdout
+    new = [r for r in _gate_runs(root) if r.info.run_id not in before]
+    assert len(new) == 1, f"the temporary experiment's gate run is not in {root / 'mlflow' / 'mlflow.db'}"
+    (run,) = new
+    assert run.data.params["gate.min_gain_over_popularity"] == "-0.5"  # the experiment's, not the workspace's
+    # it compared with this project's champion (a store made in the copy would have had none) and moved nothing
+    assert run.data.metrics["passed"] == 1.0 and run.data.metrics["registered"] == 0.0
+    assert any(k.startswith("champion_ndcg") for k in run.data.metrics), run.data.metrics
+    assert _registry(root) == ({"1"}, "1")
+    assert not list((root / ".dvc" / "tmp").glob("exps/**/mlflow/mlflow.db"))
 
 
 @pytest.mark.slow
@@ -81,23 +102,6 @@ def test_a_dvc_experiment_leaves_the_champion_where_it_was(champion_project):
     )
     assert inside.returncode == 2 and "never registers a version" in inside.stderr, inside.stderr
     assert _registry(root) == ({"1"}, "1")
-
-
-@pytest.mark.slow
-def test_a_temporary_experiment_logs_into_the_original_project_store(champion_project):
-    root = champion_project
-    before = {r.info.run_id for r in _gate_runs(root)}
-    exp = run_ok([dvc_executable(), "exp", "run", "--temp", "-S", "gate.min_gain_over_popularity=-0.5"], root)
-    assert "Running stage 'gate'" in exp.stdout, exp.stdout
-    new = [r for r in _gate_runs(root) if r.info.run_id not in before]
-    assert len(new) == 1, f"the temporary experiment's gate run is not in {root / 'mlflow' / 'mlflow.db'}"
-    (run,) = new
-    assert run.data.params["gate.min_gain_over_popularity"] == "-0.5"  # the experiment's, not the workspace's
-    # it compared with this project's champion (a store made in the copy would have had none) and moved nothing
-    assert run.data.metrics["passed"] == 1.0 and run.data.metrics["registered"] == 0.0
-    assert any(k.startswith("champion_ndcg") for k in run.data.metrics), run.data.metrics
-    assert _registry(root) == ({"1"}, "1")
-    assert not list((root / ".dvc" / "tmp").glob("exps/**/mlflow/mlflow.db"))
 
 
 def test_a_dvc_experiment_copy_resolves_to_the_original_project_store(tmp_path, monkeypatch):
