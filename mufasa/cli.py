@@ -185,9 +185,10 @@ def report(root: Path = typer.Option(None, help="Project root.")) -> None:
     gate_path = paths.gate_metrics
     if gate_path.is_file():
         gate = json.loads(gate_path.read_text())
+        compared = gate.get("compared_with_champion", gate.get("previous_champion"))  # before: previous_champion
         typer.echo(
-            f"gate: candidate {gate['candidate_key']} {gate['decision']} (compared with champion version "
-            f"{gate['compared_with_champion']}); the registry (`make mlflow-ui`) holds what was registered"
+            f"gate: candidate {gate.get('candidate_key', '?')} {gate['decision']} (compared with champion version "
+            f"{compared}); the registry (`make mlflow-ui`) holds what was registered"
         )
         for reason in gate["reasons"]:
             typer.echo(f"  - {reason}")

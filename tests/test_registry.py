@@ -274,6 +274,8 @@ def test_a_recording_gate_registers_nothing_and_writes_what_a_registering_one_wr
     # and a recording run of a candidate that is registered now reuses its recorded decision: same files again
     again = _gate(other, paths, tracker, register=False)
     assert again.info["version"] == registered.info["version"] and {p: p.read_bytes() for p in files} == files
+    shown = CliRunner().invoke(app, ["report", "--root", str(paths.root)])
+    assert shown.exit_code == 0 and f"promote (compared with champion version {champion_before})" in shown.output
 
 
 def test_register_is_refused_inside_a_dvc_experiment(project, monkeypatch):

@@ -113,11 +113,11 @@ def promotion_gate(context: AssetCheckExecutionContext, project: MufasaProject) 
         passed=bool(gate["passed"]),
         severity=AssetCheckSeverity.ERROR,
         metadata={  # the decision only: the version number is the registered_model asset's metadata
-            "candidate_key": str(gate["candidate_key"]),
-            "compared_with_champion": str(gate["compared_with_champion"]),
+            "candidate_key": str(gate.get("candidate_key")),
+            "compared_with_champion": str(gate.get("compared_with_champion")),
             "reasons": MetadataValue.md("\n".join(f"- {r}" for r in gate["reasons"])),
         },
-        description=f"candidate {gate['candidate_key']}: {gate['decision']}",
+        description=f"candidate {gate.get('candidate_key')}: {gate['decision']}",
     )
 
 
