@@ -230,6 +230,10 @@ def test_refusal_at_the_shipped_margins_exits_3_and_fails_the_dagster_check(pipe
         gate = json.loads((paths.metrics_dir / "gate.json").read_text())
         assert gate["passed"] is False and gate["checks"]["beats_sasrec"] is False
         assert gate["checks"]["beats_popularity"] is True
+        # what dvc.yaml runs: the same refusal is recorded and the stage succeeds (dvc.lock records it)
+        recorded = CliRunner().invoke(app, ["stage", "gate", "--no-fail-on-refusal", "--root", str(paths.root)])
+        assert recorded.exit_code == 0 and "refuse" in recorded.output, recorded.output
+        assert json.loads((paths.metrics_dir / "gate.json").read_text()) == gate
 
         resources = {
             "project": MufasaProject(root=str(paths.root)),
