@@ -46,6 +46,14 @@ def stage(
     root: Path = typer.Option(None, help="Project root (default: the folder holding dvc.yaml above the cwd)."),
     params_file: Path = typer.Option(None, "--params", help="Parameter file (default: <root>/params.yaml)."),
     track: bool = typer.Option(True, help="Log the stage to MLflow (MLFLOW_TRACKING_URI or ./mlflow)."),
+    register: bool = typer.Option(
+        False, help="gate only: register the candidate as a model version, set `challenger` and, on a pass, "
+        "`champion` (what the Dagster retrain does). Without it the gate only records its decision (dvc.yaml)."
+    ),
+    fail_on_refusal: bool = typer.Option(
+        True, help="gate only: exit 3 when the gate refuses the candidate. dvc.yaml says --no-fail-on-refusal, "
+        "so a refused run or experiment is still recorded (metrics/gate.json: passed false)."
+    ),
 ) -> None:
     """Run one pipeline stage with its params; exit 2 with file/column/row details on bad data."""
     _log_to_stderr()
@@ -63,6 +71,21 @@ def stage(
     except (ParamsError, FileNotFoundError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc
+    options = {}
+    if name.value == "gate":
+        if register and os.environ.get("DVC_EXP_NAME"):
+            # DVC sets DVC_EXP_NAME for every stage of `dvc exp run` (workspace, --temp, --queue), never for repro
+            typer.secho(
+                f"error: stage 'gate' not started: --register inside the DVC experiment "
+                f"{os.environ['DVC_EXP_NAME']!r}. An experiment never registers a version or moves `champion`; "
+                "apply it (`dvc exp apply`) and run `mufasa stage gate --register` or the Dagster retrain.",
+                fg="red", err=True,
+            )
+            raise typer.Exit(2)
+        options["register"] = register
+    elif register:
+        typer.secho(f"error: --register is the gate's option, not stage '{name.value}'s", fg="red", err=True)
+        raise typer.Exit(2)
     tracker = Tracker.for_project(paths.root, params.tracking.experiment) if track else NullTracker()
     # Under torchrun (`torchrun --nproc_per_node N -m mufasa.cli stage train_sal`) rank 0 holds the lock for the job.
     lock = project_lock(paths.root, f"mufasa stage {name.value}", timeout=_lock_timeout())
@@ -76,6 +99,7 @@ def stage(
                 paths,
                 on_metrics=lambda step, m: run.log_metrics(m, step=step),
                 stage_run=run if track else None,
+                **options,
             )
             tracker.log_stage_result(run, result)
     except (DataValidationError, FileNotFoundError) as exc:
@@ -106,10 +130,19 @@ def stage(
         raise typer.Exit(5)
     if name.value == "gate":
         info = result.info
-        typer.echo(f"gate: {info['model']} version {info['version']} {info['decision']}")
+        typer.echo(f"gate: {info['model']} candidate {info['candidate_key']}: {info['decision']}")
         for reason in info["reasons"]:
             typer.echo(f"  - {reason}")
-        if not info["passed"]:
+        if info["registered"]:
+            typer.echo(f"gate: registered as version {info['version']}; champion: version {info['champion']}")
+        else:
+            already = f" (already registered as version {info['version']})" if info["version"] else ""
+            champion = f"version {info['champion']}" if info["champion"] else "none registered"
+            typer.echo(
+                f"gate: decision recorded, nothing registered{already}; champion unchanged ({champion}). "
+                "`mufasa stage gate --register` registers (and, on a pass, promotes) it."
+            )
+        if not info["passed"] and fail_on_refusal:
             typer.secho(
                 f"error: promotion refused; champion stays at version {info['previous_champion']}", fg="red", err=True
             )
@@ -166,7 +199,11 @@ def report(root: Path = typer.Option(None, help="Project root.")) -> None:
     gate_path = paths.gate_metrics
     if gate_path.is_file():
         gate = json.loads(gate_path.read_text())
-        typer.echo(f"gate: version {gate['version']} {gate['decision']}; champion = version {gate['champion']}")
+        compared = gate.get("compared_with_champion", gate.get("previous_champion"))  # before: previous_champion
+        typer.echo(
+            f"gate: candidate {gate.get('candidate_key', '?')} {gate['decision']} (compared with champion version "
+            f"{compared}); the registry (`make mlflow-ui`) holds what was registered"
+        )
         for reason in gate["reasons"]:
             typer.echo(f"  - {reason}")
 

@@ -91,10 +91,14 @@ def run_ok(args, cwd, **kw) -> subprocess.CompletedProcess:
 @pytest.fixture
 def clone(tmp_path) -> Path:
     """A fresh git clone of the working tree (tracked + new files, no ignored outputs), on small synthetic data."""
+    return make_clone(tmp_path / "clone")
+
+
+def make_clone(dest: Path) -> Path:
+    """What the ``clone`` fixture makes, at ``dest`` (for fixtures with a wider scope)."""
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
     ).stdout.decode().split("\0")
-    dest = tmp_path / "clone"
     for rel in filter(None, files):
         src = REPO / rel
         if src.is_file():

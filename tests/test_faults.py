@@ -224,7 +224,7 @@ def test_a_gate_outage_leaves_the_registry_consistent_and_a_rerun_completes_it(e
         monkeypatch.setattr(MlflowClient, "create_model_version", _outage)  # the call that creates the version
     else:
         monkeypatch.setattr(MlflowClient, "set_registered_model_alias", _outage)
-    result = runner.invoke(app, ["stage", "gate", "--root", str(root)])
+    result = runner.invoke(app, ["stage", "gate", "--register", "--root", str(root)])
     assert result.exit_code == 5, result.output
     assert "Traceback" not in result.output
     versions = _versions(root)
@@ -237,11 +237,12 @@ def test_a_gate_outage_leaves_the_registry_consistent_and_a_rerun_completes_it(e
         assert v.tags["gate.decision"] in ("promoted", "refused") and v.aliases == []  # tags, and no champion yet
     assert not (root / "metrics" / "gate.json").exists()
     monkeypatch.undo()
-    again = runner.invoke(app, ["stage", "gate", "--root", str(root)])
+    again = runner.invoke(app, ["stage", "gate", "--register", "--root", str(root)])
     assert again.exit_code in (0, 3), again.output
     (v,) = _versions(root)  # completed, not duplicated
     gate = json.loads((root / "metrics" / "gate.json").read_text())
-    assert gate["version"] == str(v.version) == "1"
+    assert f"registered as version {v.version};" in again.output and str(v.version) == "1"
+    assert gate["candidate_key"] == v.tags["gate.candidate_key"]
     assert ("champion" in v.aliases) == gate["passed"] and "challenger" in v.aliases
 
 

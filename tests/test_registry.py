@@ -27,9 +27,9 @@ from tests.conftest import REPO, synthetic_params_dict
 NAME = "mufasa-sal"
 
 
-def _gate(params, paths, tracker):
+def _gate(params, paths, tracker, register=True):
     with tracker.stage_run("gate", "test") as run:
-        result = stages.run_stage("gate", params, paths, stage_run=run)
+        result = stages.run_stage("gate", params, paths, stage_run=run, register=register)
         tracker.log_stage_result(run, result)  # as `mufasa stage gate` does: run report, dataset inputs
         return result
 
@@ -56,9 +56,12 @@ def test_first_model_is_registered_and_promoted_with_reasons(pipeline):
     assert str(version.version) == "1"
     assert version.tags["gate.decision"] == "promoted" and "popularity" in version.tags["gate.reasons"]
     assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "1"
-    assert json.loads((paths.metrics_dir / "gate.json").read_text())["champion"] == "1"
+    assert first.info["champion"] == "1" and first.info["registered"]
+    recorded = json.loads((paths.metrics_dir / "gate.json").read_text())
+    assert recorded["decision"] == "promote" and recorded["compared_with_champion"] is None
+    assert recorded["candidate_key"] == version.tags["gate.candidate_key"]
     report = (paths.reports_dir / "run_report.md").read_text()
-    assert "**promoted**" in report and "| mufasa |" in report and "![eval.png]" in report
+    assert "**promote**" in report and "| mufasa |" in report and "![eval.png]" in report
 
 
 def test_version_is_logged_from_code_and_loads_by_its_registry_uri(pipeline, monkeypatch, tmp_path):
@@ -315,6 +318,10 @@ def test_refusal_at_the_shipped_margins_exits_3_and_fails_the_dagster_check(pipe
         gate = json.loads((paths.metrics_dir / "gate.json").read_text())
         assert gate["passed"] is False and gate["checks"]["beats_sasrec"] is False
         assert gate["checks"]["beats_popularity"] is True
+        # what dvc.yaml runs: the same refusal is recorded and the stage succeeds (dvc.lock records it)
+        recorded = CliRunner().invoke(app, ["stage", "gate", "--no-fail-on-refusal", "--root", str(paths.root)])
+        assert recorded.exit_code == 0 and "refuse" in recorded.output, recorded.output
+        assert json.loads((paths.metrics_dir / "gate.json").read_text()) == gate
 
         resources = {
             "project": MufasaProject(root=str(paths.root)),
@@ -358,3 +365,41 @@ def test_a_version_pickled_by_older_code_is_rebuilt_for_the_gate_and_refused_for
     out = CliRunner().invoke(app, ["recommend", "--user", "1", "--root", str(paths.root),
                                    "--model-uri", f"models:/{NAME}/{version}"])
     assert out.exit_code == 2 and "pickled" in out.output and "mufasa promote" in out.output
+
+
+def test_a_recording_gate_registers_nothing_and_writes_what_a_registering_one_writes(pipeline):
+    """What `dvc repro`/`dvc exp run` run (no --register): the decision is recorded, the registry is untouched,
+    and the files (what dvc.lock hashes) are byte-identical to those of the run that then registers."""
+    paths, params, tracker, _ = pipeline
+    stages.run_stage("evaluate", params, paths)
+    client = MlflowClient(tracker.tracking_uri)
+    versions_before = {v.version for v in client.search_model_versions(f"name='{NAME}'")}
+    champion_before = alias_version(tracker.tracking_uri, NAME, CHAMPION)
+    # another rule makes another candidate (the key covers the rule): one no version was registered for yet
+    other = parse_params({**synthetic_params_dict(), "gate": {**synthetic_params_dict()["gate"],
+                                                              "min_gain_over_popularity": -0.9}})
+    recorded = _gate(other, paths, tracker, register=False)
+    assert recorded.info["passed"] and not recorded.info["registered"] and recorded.info["version"] is None
+    assert {v.version for v in client.search_model_versions(f"name='{NAME}'")} == versions_before
+    assert alias_version(tracker.tracking_uri, NAME, CHAMPION) == champion_before
+    files = {p: p.read_bytes() for p in (paths.metrics_dir / "gate.json", paths.reports_dir / "run_report.md")}
+    assert json.loads(files[paths.metrics_dir / "gate.json"])["compared_with_champion"] == champion_before
+
+    registered = _gate(other, paths, tracker, register=True)
+    assert registered.info["registered"] and registered.info["version"] not in versions_before
+    assert alias_version(tracker.tracking_uri, NAME, CHAMPION) == registered.info["version"]
+    assert {p: p.read_bytes() for p in files} == files
+    # and a recording run of a candidate that is registered now reuses its recorded decision: same files again
+    again = _gate(other, paths, tracker, register=False)
+    assert again.info["version"] == registered.info["version"] and {p: p.read_bytes() for p in files} == files
+    shown = CliRunner().invoke(app, ["report", "--root", str(paths.root)])
+    assert shown.exit_code == 0 and f"promote (compared with champion version {champion_before})" in shown.output
+
+
+def test_register_is_refused_inside_a_dvc_experiment(project, monkeypatch):
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-123")
+    out = CliRunner().invoke(app, ["stage", "gate", "--register", "--root", str(project.root)])
+    assert out.exit_code == 2 and "never registers a version" in out.output, out.output
+    monkeypatch.delenv("DVC_EXP_NAME")
+    out = CliRunner().invoke(app, ["stage", "sequences", "--register", "--root", str(project.root)])
+    assert out.exit_code == 2 and "gate's option" in out.output, out.output

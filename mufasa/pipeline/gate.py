@@ -1,18 +1,28 @@
-"""The ``gate`` stage: register the trained SAL recommender, compare, and promote only if the gate passes.
+"""The ``gate`` stage: decide whether the trained SAL recommender may become ``champion``; register only when asked.
 
 Steps: re-evaluate the current ``champion`` (if any) on the same test split in this run; apply
-:func:`mufasa.evaluation.gate.decide` with the ``gate`` thresholds to the ``evaluate`` stage's results; log the
-pyfunc into this stage's MLflow run and register it as a new version created together with its decision tags
-(one registry call: no version ever exists without them); point ``challenger`` at it and, only on a pass,
-``champion``. ``metrics/gate.json`` records the outcome. A refusal is not an exception here (the registration
-and the tags are real and wanted); callers turn it into a failure: the CLI exits 3, the Dagster
-``promotion_gate`` check fails.
+:func:`mufasa.evaluation.gate.decide` with the ``gate`` thresholds to the ``evaluate`` stage's results; write the
+decision to ``metrics/gate.json`` and ``reports/run_report.md``. Only with ``register=True`` (the Dagster
+``retrain`` asset, ``mufasa stage gate --register``) is the pyfunc logged into this stage's MLflow run and
+registered as a new version created together with its decision tags (one registry call: no version ever exists
+without them), ``challenger`` pointed at it and, only on a pass, ``champion``.
+
+Why registration is opt-in: ``dvc repro`` and ``dvc exp run`` run this stage too, and an experiment must never
+register a version or move ``champion`` (promotion belongs to the Dagster retrain and ``mufasa promote``). The
+files this stage writes are the decision alone (no version number, no resulting champion), so they, and the
+``dvc.lock`` entry that records them, are the same whether or not registration happened: a Dagster run that
+registered and a ``dvc repro`` that did not leave the same lock.
+
+A refusal is not an exception here (the decision, and a registration when asked, are real and wanted); callers
+turn it into a failure: the CLI exits 3 (unless told ``--no-fail-on-refusal``, as ``dvc.yaml`` does so that a
+refused experiment is still recorded), the Dagster ``promotion_gate`` check fails.
 
 Outages: every registry step runs inside :func:`registry_phase`, so an unreachable registry is one
 :class:`~mufasa.pipeline.tracking.TrackingUnavailable` that says what state it left (nothing registered, or a
 version registered with its decision whose aliases a rerun sets). A version carries ``gate.candidate_key`` (a
 digest of the model files, the evaluation and the gate rule): a rerun of the same candidate finds it and
-completes it with the recorded outcome instead of registering a duplicate.
+completes it with the recorded outcome instead of registering a duplicate, and a run that only records reuses
+that outcome too (the same candidate always gets the same decision).
 """
 
 from __future__ import annotations
@@ -69,11 +79,36 @@ def registry_phase(uri: str, what: str, state: str):
         ) from exc
 
 
-def run_gate(params, paths: ProjectPaths, stage_run):
+def _decision_record(cfg, key: str, recorded: dict) -> dict:
+    """What ``metrics/gate.json`` holds: the decision and its evidence, never the registry's state after it.
+
+    ``recorded`` is a fresh decision or the ``gate.outcome`` tag of an already registered version (versions
+    registered before registration was opt-in also carry ``version``/``champion``/``previous_champion``).
+    """
+    record = {
+        "model": cfg.model_name,
+        "candidate_key": key,
+        "passed": bool(recorded["passed"]),
+        "decision": "promote" if recorded["passed"] else "refuse",
+        "metric": recorded["metric"],
+        "candidate": recorded["candidate"],
+        "reasons": list(recorded["reasons"]),
+        "checks": recorded["checks"],
+        "compared_with_champion": recorded.get("compared_with_champion", recorded.get("previous_champion")),
+    }
+    if f"champion_{recorded['metric']}" in recorded:
+        record[f"champion_{recorded['metric']}"] = recorded[f"champion_{recorded['metric']}"]
+    return record
+
+
+def run_gate(params, paths: ProjectPaths, stage_run, register: bool = False):
+    """Decide, record the decision, and, with ``register``, register the version and set the aliases."""
     from mufasa.pipeline import registry
 
     if stage_run is None or not getattr(stage_run, "tracking_uri", ""):
-        raise RuntimeError("the gate registers the model in MLflow: run it with tracking on (not --no-track)")
+        raise RuntimeError(
+            "the gate compares with the registered champion in MLflow: run it with tracking on (not --no-track)"
+        )
     uri, cfg = stage_run.tracking_uri, params.gate
     eval_path = paths.eval_metrics
     if not eval_path.is_file():
@@ -87,11 +122,11 @@ def run_gate(params, paths: ProjectPaths, stage_run):
         existing = registry.find_candidate(uri, cfg.model_name, key)
         previous = registry.alias_version(uri, cfg.model_name, registry.CHAMPION)
     if existing is not None:
-        # A rerun after a failure part-way (or of an unchanged candidate): complete that version, never duplicate it.
+        # This candidate was gated and registered before (a rerun after a failure part-way, or a DVC run of the
+        # candidate a Dagster retrain registered): its recorded decision stands; never register a duplicate.
         with registry_phase(uri, "reading the registry", "nothing was registered; champion unchanged"):
             recorded = registry.version_tags(uri, cfg.model_name, existing)
-        outcome = json.loads(recorded["gate.outcome"])
-        outcome["completed_by_run"] = stage_run.run_id
+        record = _decision_record(cfg, key, json.loads(recorded["gate.outcome"]))
     else:
         champion_metrics = None
         if previous is not None:
@@ -112,62 +147,63 @@ def run_gate(params, paths: ProjectPaths, stage_run):
             min_gain_over_sasrec=cfg.min_gain_over_sasrec,
             max_regression_vs_champion=cfg.max_regression_vs_champion,
         )
-        outcome = {
-            "passed": decision.passed,
-            "decision": "promoted" if decision.passed else "refused",
-            "model": cfg.model_name,
-            "previous_champion": previous,
-            "champion": None,
-            "metric": cfg.metric,
-            "candidate": decision.candidate,
-            "reasons": list(decision.reasons),
-            "checks": decision.checks,
+        fresh = {
+            "passed": decision.passed, "metric": cfg.metric, "candidate": decision.candidate,
+            "reasons": list(decision.reasons), "checks": decision.checks, "compared_with_champion": previous,
         }
         if champion_metrics is not None:
-            outcome["champion_" + cfg.metric] = float(champion_metrics[cfg.metric])
-        tags = {
-            **decision.as_tags(),
-            "gate.previous_champion": previous or "none",
-            "gate.run_id": stage_run.run_id,
-            registry.CANDIDATE_TAG: key,
-            "gate.outcome": json.dumps(outcome, sort_keys=True),
-        }
-        card = registry.model_card(
-            cfg.model_name, outcome, results, evaluation.get("protocol", {}),
-            data_version_table(stage_datasets("gate", paths), paths.root), stage_run.run_id, stage_run.url,
-        )
-        with registry_phase(uri, "registering the model", "no version was created; champion unchanged"):
-            existing = registry.log_and_register(
-                stage_run.run_id,
-                uri,
-                cfg.model_name,
-                paths.sal_model_dir,
-                paths.fused_items,
-                paths.raw_items,
-                input_example(inputs),
-                tags=tags,
-                description=card,
-            ).version
-    outcome["version"] = existing
-    outcome["champion"] = existing if outcome["passed"] else outcome["previous_champion"]
-    with registry_phase(
-        uri, "setting the aliases",
-        f"version {existing} is registered with its decision; champion is unchanged unless the alias was set. "
-        "Rerun `mufasa stage gate` to complete it (the same version is reused)",
-    ):
-        registry.record_decision(uri, cfg.model_name, existing, promote=outcome["passed"])
-    write_json(outcome, paths.gate_metrics)
-    report = write_run_report(paths, outcome)
-    metrics = {"passed": float(outcome["passed"]), "candidate": outcome["candidate"], "version": float(existing)}
-    if "champion_" + cfg.metric in outcome:
-        metrics["champion_" + cfg.metric] = outcome["champion_" + cfg.metric]
+            fresh["champion_" + cfg.metric] = float(champion_metrics[cfg.metric])
+        record = _decision_record(cfg, key, fresh)
+        if register:
+            tags = {
+                **decision.as_tags(),
+                "gate.previous_champion": previous or "none",
+                "gate.run_id": stage_run.run_id,
+                registry.CANDIDATE_TAG: key,
+                "gate.outcome": json.dumps(record, sort_keys=True),
+            }
+            card = registry.model_card(
+                cfg.model_name, record, results, evaluation.get("protocol", {}),
+                data_version_table(stage_datasets("gate", paths), paths.root), stage_run.run_id, stage_run.url,
+            )
+            with registry_phase(uri, "registering the model", "no version was created; champion unchanged"):
+                existing = registry.log_and_register(
+                    stage_run.run_id,
+                    uri,
+                    cfg.model_name,
+                    paths.sal_model_dir,
+                    paths.fused_items,
+                    paths.raw_items,
+                    input_example(inputs),
+                    tags=tags,
+                    description=card,
+                ).version
+    if register:
+        with registry_phase(
+            uri, "setting the aliases",
+            f"version {existing} is registered with its decision; champion is unchanged unless the alias was set. "
+            "Rerun `mufasa stage gate --register` to complete it (the same version is reused)",
+        ):
+            registry.record_decision(uri, cfg.model_name, existing, promote=record["passed"])
+        champion = existing if record["passed"] else previous
+    else:
+        champion = previous  # nothing moved
+    write_json(record, paths.gate_metrics)
+    report = write_run_report(paths, record)
+    metrics = {"passed": float(record["passed"]), "candidate": record["candidate"], "registered": float(register)}
+    if existing is not None:
+        metrics["version"] = float(existing)
+    if "champion_" + cfg.metric in record:
+        metrics["champion_" + cfg.metric] = record["champion_" + cfg.metric]
+    info = {**record, "registered": register, "version": existing, "previous_champion": previous,
+            "champion": champion}
     pngs = tuple(p for p in _REPORT_PLOTS if (paths.reports_dir / p).is_file())
     return StageResult(
         "gate",
         {"gate": paths.gate_metrics, "report": report},
         metrics,
         {"gate": dataclasses.asdict(cfg)},
-        outcome,
+        info,
         artifacts=(report, *(paths.reports_dir / p for p in pngs)),
     )
 
@@ -175,18 +211,27 @@ def run_gate(params, paths: ProjectPaths, stage_run):
 _REPORT_PLOTS = ("eval.png", "mfl/curves.png", "mfl/projection.png", "sal/curves.png")
 
 
-def write_run_report(paths: ProjectPaths, outcome: dict):
-    """``reports/run_report.md``: the evaluation table, the gate decision and its reasons, the plots."""
+def write_run_report(paths: ProjectPaths, record: dict):
+    """``reports/run_report.md``: the evaluation table, the gate decision and its reasons, the plots.
+
+    Like ``metrics/gate.json`` it holds the decision only (no version number): whether the candidate was then
+    registered is the registry's record (the version's ``gate.*`` tags), not this report's.
+    """
     from mufasa.data.io import write_text
 
     table = (paths.eval_table).read_text() if (paths.eval_table).is_file() else ""
+    compared = record["compared_with_champion"]
+    verdict = "**promote**: it may become champion" if record["passed"] else "**refused**: it may not become champion"
     lines = [
         "# MUFASA retrain report",
         "",
-        f"**Gate:** {outcome['model']} version {outcome['version']} **{outcome['decision']}**; champion is "
-        f"version {outcome['champion']} (was {outcome['previous_champion']}).",
+        f"**Gate:** candidate `{record['candidate_key']}` ({record['metric']} {record['candidate']:.4f}) {verdict} "
+        f"of {record['model']} (compared with "
+        + (f"champion version {compared})." if compared is not None else "no champion: none was registered).")
+        + " Registering it and moving the aliases is `mufasa stage gate --register`'s (the Dagster retrain's) "
+        "work; `dvc repro` and `dvc exp run` only record the decision.",
         "",
-        *[f"- {r}" for r in outcome["reasons"]],
+        *[f"- {r}" for r in record["reasons"]],
         "",
         "## Evaluation",
         "",
@@ -199,6 +244,6 @@ def write_run_report(paths: ProjectPaths, outcome: dict):
     return write_text("\n".join(lines), paths.run_report)
 
 
-def run(params, paths: ProjectPaths, on_metrics=None, stage_run=None) -> StageResult:
-    """The stage's entry point in the stage table (:mod:`mufasa.pipeline.stages`)."""
-    return run_gate(params, paths, stage_run)
+def run(params, paths: ProjectPaths, on_metrics=None, stage_run=None, *, register: bool = False) -> StageResult:
+    """The stage's entry point in the stage table (:mod:`mufasa.pipeline.stages`); ``register``: see the module."""
+    return run_gate(params, paths, stage_run, register=register)

@@ -173,7 +173,7 @@ def model_card(name: str, outcome: dict, results: dict, protocol: dict, datasets
         f"## Gate decision: **{outcome['decision']}**",
         "",
         f"On {outcome['metric']} (candidate {outcome['candidate']:.4f}); previous champion: "
-        f"{outcome.get('previous_champion') or 'none'}.",
+        f"{outcome.get('compared_with_champion', outcome.get('previous_champion')) or 'none'}.",
         "",
         *[f"- {r}" for r in outcome["reasons"]],
         "",

@@ -16,7 +16,7 @@ features   ``features``                       ``data/features/`` (frozen text/im
 train_mfl  ``train_mfl``                      ``data/fused/``, ``models/mfl/`` (fusion layer)
 train_sal  ``train_sal``                      ``models/sal/`` (user encoder)
 evaluate   ``evaluate``                       ``metrics/eval.json`` (MUFASA vs baselines and ablations)
-gate       ``gate``                           ``metrics/gate.json``; registers the MLflow model version
+gate       ``gate``                           ``metrics/gate.json``; registers the MLflow version if asked
 =========  =================================  ===========================================================
 
 Stages write atomically and validate before writing, so bad input never overwrites a previous valid output.
@@ -66,20 +66,22 @@ STAGES: dict[str, Stage] = {
         Stage("train_mfl", "Train the multimodal fusion layer; write the fused item vectors."),
         Stage("train_sal", "Train the sparse-attention user encoder on the training histories."),
         Stage("evaluate", "Score MUFASA, the baselines and the ablations on the test split."),
-        Stage("gate", "Decide promotion against the baselines and the champion; register the version."),
+        Stage("gate", "Decide promotion against the baselines and the champion; --register registers and promotes."),
     )
 }
 
 
-def run_stage(name: str, params, paths: ProjectPaths, on_metrics=None, stage_run=None) -> StageResult:
+def run_stage(name: str, params, paths: ProjectPaths, on_metrics=None, stage_run=None, **options) -> StageResult:
     """Run stage ``name`` with the parsed params (each stage reads its own section).
 
     ``on_metrics(step, dict)`` receives training curves as they happen (the tracker logs them); ``stage_run`` is
-    the tracking run the gate registers the model version from (``None``: no registry).
+    the tracking run the gate reads the registry through and registers the model version from (``None``: no
+    registry). ``options`` are the stage's own keyword-only switches (``gate``: ``register=True`` registers the
+    version and moves the aliases; ``dvc.yaml`` never passes it, so DVC runs and experiments only record).
     """
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}; known: {', '.join(STAGES)}")
-    return STAGES[name].module().run(params, paths, on_metrics=on_metrics, stage_run=stage_run)
+    return STAGES[name].module().run(params, paths, on_metrics=on_metrics, stage_run=stage_run, **options)
 
 
 def clean_outputs(paths: ProjectPaths) -> None:

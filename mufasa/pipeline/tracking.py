@@ -60,12 +60,33 @@ def project_tracking_config(root: Path) -> TrackingConfig:
         raise ValueError(f"{path}: tracking: {exc}") from exc
 
 
+def store_root(root: Path) -> Path:
+    """The project whose local store (``mlflow/``) a run in ``root`` logs to: ``root`` itself, except in a DVC
+    experiment executor's copy.
+
+    ``dvc exp run --temp`` and queued experiments (``--queue`` + ``dvc queue start``) run the stages in a copy of
+    the project under ``<project>/.dvc/tmp/exps/<tmp>/``, which holds no ``mlflow/`` (git-ignored) and is deleted
+    afterwards; DVC passes the original project's root to every stage as ``DVC_ROOT`` (it overrides the
+    executor's own root with the parent repo's: ``dvc/repo/experiments/queue/base.py``). Runs there belong in the
+    original project's store, so for a ``root`` inside ``<DVC_ROOT>/.dvc/tmp/exps/`` this is ``DVC_ROOT``. Any
+    other ``DVC_ROOT`` (``dvc repro``, a workspace ``dvc exp run``: the root itself) changes nothing.
+    """
+    root = Path(root).resolve()
+    parent = os.environ.get("DVC_ROOT")
+    if parent:
+        parent_root = Path(parent).resolve()
+        if root.is_relative_to(parent_root / ".dvc" / "tmp" / "exps") and (parent_root / "dvc.yaml").is_file():
+            return parent_root
+    return root
+
+
 def default_tracking_uri(root: Path, config: TrackingConfig | None = None) -> str:
     """The project's MLflow store, first found of:
 
     1. ``MLFLOW_TRACKING_URI`` (the environment: one shell, one CI job);
     2. ``tracking.uri`` of ``config`` (default: read from ``<root>/params.yaml``): a server or a database URI;
-    3. the project's SQLite store ``<root>/mlflow/mlflow.db``.
+    3. the project's SQLite store ``mlflow/mlflow.db`` under :func:`store_root` (``root``, or the original
+       project when ``root`` is a DVC temporary/queued experiment's copy).
     """
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
@@ -73,7 +94,7 @@ def default_tracking_uri(root: Path, config: TrackingConfig | None = None) -> st
     configured = (config if config is not None else project_tracking_config(root)).uri
     if configured:
         return configured
-    return f"sqlite:///{(Path(root) / 'mlflow' / 'mlflow.db').resolve()}"
+    return f"sqlite:///{store_root(root) / 'mlflow' / 'mlflow.db'}"
 
 
 class TrackingUnavailable(RuntimeError):
@@ -326,10 +347,11 @@ class Tracker:
         uri = default_tracking_uri(root, config)
         artifact_root = None
         if is_database_uri(uri):
+            # relative to the original project in a DVC experiment's copy (the copy is deleted afterwards)
             if config.artifact_root:
-                artifact_root = (Path(root) / config.artifact_root).resolve()  # an absolute path stays as is
+                artifact_root = (store_root(root) / config.artifact_root).resolve()  # an absolute path stays
             elif not uri.startswith("sqlite:"):
-                artifact_root = (Path(root) / "mlflow" / "artifacts").resolve()
+                artifact_root = (store_root(root) / "mlflow" / "artifacts").resolve()
         return cls(uri, experiment, artifact_root, timeout=tracking_timeout(config), root=Path(root))
 
     def _experiment_id(self) -> str:

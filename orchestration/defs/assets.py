@@ -84,6 +84,7 @@ def _run_stage(
     dvc: DvcResource,
     commit: bool = True,
     name: str | None = None,
+    **options,
 ) -> tuple[stages.StageResult, dict]:
     tagged = context.op_def.tags[STAGE_TAG].split(",")
     name = name or tagged[0]
@@ -98,6 +99,7 @@ def _run_stage(
             project.paths,
             on_metrics=lambda step, m: run.log_metrics(m, step=step),
             stage_run=run if mlflow.enabled else None,
+            **options,
         )
         tracker.log_stage_result(run, result)
     if commit:
@@ -300,10 +302,10 @@ def registered_model(
     """The SAL recommender registered in MLflow (``challenger``); promoted to ``champion`` if the gate passes.
 
     A refusal still materialises (the version and its reasons are real); the ``promotion_gate`` check fails.
+    The retrain is what registers (``register=True``; ``dvc repro``/``dvc exp run`` only record the decision), and
+    the gate's files are the decision alone, so ``dvc commit`` records them whatever the outcome, as ``dvc repro``.
     """
-    result, meta = _run_stage(context, project, mlflow, dvc, commit=False)
-    if result.info["passed"]:
-        dvc.commit(project.paths.root, "gate")
+    result, meta = _run_stage(context, project, mlflow, dvc, register=True)
     info = result.info
     return MaterializeResult(
         metadata={

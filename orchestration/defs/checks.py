@@ -143,12 +143,12 @@ def promotion_gate(context: AssetCheckExecutionContext, project: MufasaProject) 
     return AssetCheckResult(
         passed=bool(gate["passed"]),
         severity=AssetCheckSeverity.ERROR,
-        metadata={
-            "version": str(gate["version"]),
-            "champion": str(gate["champion"]),
+        metadata={  # the decision only: the version number is the registered_model asset's metadata
+            "candidate_key": str(gate.get("candidate_key")),
+            "compared_with_champion": str(gate.get("compared_with_champion")),
             "reasons": MetadataValue.md("\n".join(f"- {r}" for r in gate["reasons"])),
         },
-        description=f"version {gate['version']} {gate['decision']}",
+        description=f"candidate {gate.get('candidate_key')}: {gate['decision']}",
     )
 
 
