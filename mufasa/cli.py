@@ -32,9 +32,22 @@ def _log_to_stderr() -> None:
     loggers keep their own levels."""
     import logging
 
+    class CurrentStderr(logging.StreamHandler):
+        """Writes to whatever ``sys.stderr`` is when a record is emitted, never to a stream captured at setup
+        (in-process callers such as test runners swap and close stderr between invocations)."""
+
+        @property
+        def stream(self):
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, _value):
+            pass
+
     logger = logging.getLogger("mufasa")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(getattr(h, "mufasa_cli", False) for h in logger.handlers):
+        handler = CurrentStderr()
+        handler.mufasa_cli = True
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

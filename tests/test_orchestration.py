@@ -138,7 +138,14 @@ def test_retrain_materialises_everything_and_tracks_it(project, tmp_path):
     checks = _checks(_checks_only(project.root).execute_in_process(raise_on_error=False))
     assert set(checks) == {"interactions_suite", "items_suite", "sequences_suite", "features_suite",
                            "fused_space_not_collapsed", "promotion_gate"}
-    assert _files(project.root) == before
+    after = _files(project.root)
+    # The only writes: the validation results and Data Docs each check run adds under reports/validation (git-ignored
+    # reports the check links to); dvc.lock, data, models, metrics and every earlier report are untouched.
+    validation = project.root / "reports" / "validation"
+    assert {p: h for p, h in after.items() if validation not in p.parents} == \
+        {p: h for p, h in before.items() if validation not in p.parents}
+    assert all(after.get(p) == h for p, h in before.items() if p.suffix == ".json" and "gx_results" in p.parts)
+    assert set(after) - set(before), "the checks wrote no validation results"
 
 
 def test_bad_dataset_stops_the_run_and_writes_nothing(project):

@@ -110,7 +110,7 @@ def test_version_description_is_a_model_card(pipeline, tmp_path):
     assert link in card
     report = mlflow.artifacts.download_artifacts(artifact_uri=link, dst_path=str(tmp_path),
                                                  tracking_uri=tracker.tracking_uri)
-    assert "**promoted**" in Path(report).read_text()
+    assert "**promote**: it may become champion" in Path(report).read_text()
 
 
 def test_stage_runs_carry_the_tables_they_read_as_datasets_with_dvc_hashes(pipeline):

@@ -50,7 +50,7 @@ def two_versions(tmp_path_factory):
         stages.run_stage(name, params, paths)
     tracker = Tracker.for_project(root)
     with tracker.stage_run("gate", "serving") as run:
-        first = stages.run_stage("gate", params, paths, stage_run=run)
+        first = stages.run_stage("gate", params, paths, stage_run=run, register=True)
     assert first.info["version"] == "1" and first.info["passed"]
 
     noisy = root / "noisy_sal"

@@ -170,7 +170,8 @@ def model_card(name: str, outcome: dict, results: dict, protocol: dict, datasets
         f"Protocol: {', '.join(f'{k}={v}' for k, v in sorted(protocol.items())) or 'see metrics/eval.json'}.",
         "",
         metrics_table(results),
-        f"## Gate decision: **{outcome['decision']}**",
+        # The card describes a registered version: a passing decision was acted on (it became champion).
+        f"## Gate decision: **{'promoted' if outcome['passed'] else 'refused'}**",
         "",
         f"On {outcome['metric']} (candidate {outcome['candidate']:.4f}); previous champion: "
         f"{outcome.get('compared_with_champion', outcome.get('previous_champion')) or 'none'}.",
