@@ -72,6 +72,7 @@ __all__ = [
 ]
 
 BRANCHES = ("window", "compressed", "selected")
+IMPLS = ("auto", "block", "flex", "reference")
 # Query tile of the window branch, in events: the CPU flash kernel does ~1.7x more scores per ms on 64-query
 # tiles against 128 keys than on 32-query tiles against 96 (measured on the 2-core machine of benchmarks/README.md), which
 # more than pays for the extra masked keys. Capped by the window (a short window needs no long tile).
@@ -106,9 +107,12 @@ class SparseAttentionConfig:
     use_selected: bool = True
     # Dropout on attention probabilities; off by default (the SAL blocks already drop residuals).
     dropout: float = 0.0
-    # "block": the fast block-structured path; "reference": reference_sparse_attention, the readable O(L^2)
-    # masked form of the same layer (same parameters and results; for checking and reading, not for speed).
-    impl: Literal["block", "reference"] = "block"
+    # "block": the fast block-structured path (CPU and GPU, attention dropout included); "flex": the same layer
+    # as one flex_attention call with a BlockMask built on the device (mufasa.models.sparse_flex; GPU speed path,
+    # no host sync, no attention dropout; on CPU forward only, unfused: for tests); "auto": flex on CUDA unless
+    # training with attention dropout, block elsewhere; "reference": reference_sparse_attention, the readable
+    # O(L^2) masked form (same parameters and results; for checking and reading, not for speed).
+    impl: Literal["auto", "block", "flex", "reference"] = "block"
 
     def __post_init__(self) -> None:
         if self.d_model < 1 or self.n_heads < 1 or self.d_model % self.n_heads:
@@ -119,8 +123,8 @@ class SparseAttentionConfig:
             raise ValueError("at least one attention branch must be enabled")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
-        if self.impl not in ("block", "reference"):
-            raise ValueError(f"impl must be 'block' or 'reference', got {self.impl!r}")
+        if self.impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {self.impl!r}")
 
     @property
     def head_dim(self) -> int:
@@ -140,11 +144,12 @@ class SparseAttentionConfig:
 # ---- references --------------------------------------------------------------------------------------------
 
 
-def check_left_padded(valid: Tensor, length: int) -> None:
-    """Raise unless ``valid`` is a (B, length) bool mask with all padding before all real events in each row."""
+def check_left_padded(valid: Tensor, length: int, *, content: bool = True) -> None:
+    """Raise unless ``valid`` is a (B, length) bool mask with all padding before all real events in each row.
+    ``content=False``: the dtype/shape checks only (the padding check reads the tensor: a host sync on a GPU)."""
     if valid.dtype != torch.bool or valid.ndim != 2 or valid.shape[1] != length:
         raise ValueError(f"valid must be a (B, {length}) bool tensor, got {valid.dtype} {tuple(valid.shape)}")
-    if length > 1 and bool((valid[:, :-1] & ~valid[:, 1:]).any()):
+    if content and length > 1 and bool((valid[:, :-1] & ~valid[:, 1:]).any()):
         raise ValueError("valid must be left-padded: a padding position follows a real event")
 
 
@@ -201,13 +206,14 @@ class BlockLayout:
         return gather_rows(y, self.gather_out).view(B, L, C)
 
 
-def block_layout(valid: Tensor, block_size: int, align: int | None = None) -> BlockLayout:
+def block_layout(valid: Tensor, block_size: int, align: int | None = None, *, always_gather: bool = False) -> BlockLayout:
     """Shift each row left by ``(#padding mod align)`` so its first real event starts a block (and a group of
     ``align / block_size`` blocks; ``align`` defaults to ``block_size``).
 
     NOTE: NSA cuts blocks from position 0 of a sequence without padding; with left-padded batches that would make
     block boundaries (and thus outputs) depend on the padding, so blocks start at each row's first real event.
     Selection groups (``select_group`` blocks) must start there too: hence ``align``.
+    ``always_gather``: build the gathers even when no row needs a shift (skips the ``shift.any()`` host sync).
     """
     align = block_size if align is None else align
     if align % block_size:
@@ -216,7 +222,7 @@ def block_layout(valid: Tensor, block_size: int, align: int | None = None) -> Bl
     n_blocks = max(1, -(-L // block_size))
     Lp = n_blocks * block_size
     shift = (L - valid.sum(1)) % align  # (B,)
-    if not bool(shift.any()):
+    if not always_gather and not bool(shift.any()):
         aligned = valid if Lp == L else F.pad(valid, (0, Lp - L))
         return BlockLayout(L, n_blocks, block_size, aligned, None, None)
     dev = valid.device
@@ -335,6 +341,22 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, dropout_p: float) ->
     """SDPA with a boolean ``allowed`` mask (True = attend) or an additive float mask (0 / -inf). Callers guarantee
     no row is fully masked (so every backend is NaN-free) and zero the rows they had to give a placeholder key."""
     return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
+
+
+_COMPILED_FLEX = None
+
+
+def _flex_attention(q: Tensor, k: Tensor, v: Tensor, block_mask, gqa: bool, compiled: bool) -> Tensor:
+    """flex_attention, compiled (the fused kernel; inside a compiled step Dynamo traces it directly) or eager
+    (unfused: materialises the scores, for CPU tests)."""
+    global _COMPILED_FLEX
+    from torch.nn.attention import flex_attention as fa
+
+    if compiled and not torch.compiler.is_compiling():
+        if _COMPILED_FLEX is None:
+            _COMPILED_FLEX = torch.compile(fa.flex_attention, fullgraph=True)
+        return _COMPILED_FLEX(q, k, v, block_mask=block_mask, enable_gqa=gqa)
+    return fa.flex_attention(q, k, v, block_mask=block_mask, enable_gqa=gqa)
 
 
 class MultiGranularitySparseAttention(nn.Module):
@@ -516,9 +538,21 @@ class MultiGranularitySparseAttention(nn.Module):
                 outs["selected"] = self._selected(q, k, v, k_cmp, block_ok)
         return layout, outs, gates, padded
 
+    def resolved_impl(self, x: Tensor) -> str:
+        """The implementation a call on ``x`` runs: ``impl``, with "auto" = "flex" on CUDA unless training with
+        attention dropout (flex_attention has none), "block" elsewhere. Depends on the device only (no sync)."""
+        impl = self.config.impl
+        if impl == "auto":
+            dropout = self.training and self.config.dropout > 0
+            return "flex" if x.device.type == "cuda" and not dropout else "block"
+        return impl
+
     def forward(self, x: Tensor, valid: Tensor) -> Tensor:
         """x: (B, L, D), valid: (B, L) bool (True = real event, left-padded) -> (B, L, D), zero at padding."""
-        if self.config.impl == "reference":
+        impl = self.resolved_impl(x)
+        if impl == "flex":
+            return self._flex_entry(x, valid)
+        if impl == "reference":
             if self.training and self.config.dropout > 0:
                 raise ValueError("the reference implementation has no attention dropout: use impl='block' to train")
             return reference_sparse_attention(self, x, valid)
@@ -537,6 +571,92 @@ class MultiGranularitySparseAttention(nn.Module):
         y = mixed.permute(0, 2, 3, 1, 4).reshape(B, nb * bs, D)  # (B, Lp, H*dh)
         y = self.out(layout.from_blocks(y))  # (B, L, D)
         return y * valid[..., None].to(y.dtype) if padded else y
+
+    # -- the flex_attention path (mufasa.models.sparse_flex) --------------------------------------------------
+
+    # How the flex path runs: "eager" (flex_attention unfused: it materialises the scores; CPU tests), "attention"
+    # (only flex_attention compiled: the fused kernel, the rest eager), "step" (the whole layer step compiled,
+    # fullgraph: mask construction, selection, gather and gates fused too). None = "step" on CUDA, "eager" else.
+    flex_compile: str | None = None
+    # Re-check the left padding of ``valid`` in the flex path (a host sync: off by default; the block path
+    # always checks).
+    flex_check_padding: bool = False
+
+    def _flex_mode(self, x: Tensor) -> str:
+        mode = self.flex_compile or ("step" if x.device.type == "cuda" else "eager")
+        if mode not in ("eager", "attention", "step"):
+            raise ValueError(f"flex_compile must be None, 'eager', 'attention' or 'step', got {mode!r}")
+        return mode
+
+    def _flex_entry(self, x: Tensor, valid: Tensor) -> Tensor:
+        cfg = self.config
+        if self.training and cfg.dropout > 0:
+            raise ValueError("impl='flex' has no attention dropout (flex_attention cannot drop probabilities): "
+                             "train with dropout 0, or impl='block'/'auto'")
+        if x.ndim != 3 or x.shape[-1] != cfg.d_model:
+            raise ValueError(f"x must be (B, L, {cfg.d_model}), got {tuple(x.shape)}")
+        check_left_padded(valid, x.shape[1], content=self.flex_check_padding)
+        if x.device.type == "cpu" and torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters())
+        ):
+            raise NotImplementedError("impl='flex' on CPU is forward-only (torch has no CPU flex_attention "
+                                      "backward): run under torch.no_grad(), or use impl='block'")
+        if self._flex_mode(x) == "step" and not torch.compiler.is_compiling():
+            step = self.__dict__.get("_flex_step_compiled")
+            if step is None:
+                step = torch.compile(self._flex_forward, fullgraph=True)
+                self.__dict__["_flex_step_compiled"] = step  # not a submodule/parameter: kept out of state_dict
+            return step(x, valid)
+        return self._flex_forward(x, valid)
+
+    def _flex_forward(self, x: Tensor, valid: Tensor) -> Tensor:
+        """The whole layer as one flex_attention call; no host synchronisation (see mufasa.models.sparse_flex)."""
+        from mufasa.models import sparse_flex
+
+        cfg = self.config
+        B, L, D = x.shape
+        H, dh, bs = cfg.n_heads, cfg.head_dim, cfg.block_size
+        align = bs * cfg.group_blocks
+        layout = block_layout(valid, bs, align=align, always_gather=True)
+        nb, Lp = layout.n_blocks, layout.padded_length
+        g, _ = self._groups(nb)
+        branches = tuple(name for name, on in zip(BRANCHES, cfg.enabled) if on)
+        geo = sparse_flex.flex_geometry(branches, bs, g, cfg.window, nb)
+        # plain index_select gathers (autograd: index_add backward), traceable by torch.compile
+        xb = F.pad(x, (0, 0, 0, 1)).reshape(B * (L + 1), D).index_select(0, layout.gather_in).view(B, Lp, D)
+        qkv = self.qkv(xb).view(B, nb, bs, 3, H, dh).permute(3, 0, 4, 1, 2, 5).contiguous()
+        q, k, v = qkv.unbind(0)  # (B, H, nb, bs, dh)
+        gates = torch.sigmoid(self.gate(xb)).view(B, Lp, H, 3).permute(3, 0, 2, 1)  # (3, B, H, Lp)
+        n_real = valid.sum(1)
+        first = (L - n_real) - (L - n_real) % align  # (B,) block-layout slots of the real events: [first, end)
+        end = L - (L - n_real) % align
+        block_ok = layout.valid.view(B, nb, bs).all(dim=2)  # (B, nb): complete, real blocks
+        selected = None
+        if cfg.use_compressed or cfg.use_selected:
+            k_cmp = self.compress_k(k)  # (B, H, nb, dh)
+            if cfg.use_selected:
+                idx, usable = self.selection(q, k_cmp, block_ok)  # (B, H, ng, k): exactly the block path's
+                selected = torch.zeros(B, H, idx.shape[2], nb, dtype=torch.bool, device=x.device)
+                selected.scatter_(-1, idx, usable)
+        nbr = len(branches)
+        q_t = F.pad(q.view(B, H, Lp, dh), (0, 0, 0, geo.q_len - Lp))
+        q_t = q_t[:, :, None].expand(B, H, nbr, geo.q_len, dh).reshape(B, H * nbr, geo.q_len, dh)
+        k_t = F.pad(k.view(B, H, Lp, dh), (0, 0, 0, geo.tok_len - Lp))
+        v_t = F.pad(v.view(B, H, Lp, dh), (0, 0, 0, geo.tok_len - Lp))
+        if cfg.use_compressed:
+            n_cmp = geo.n_cmp_blocks * geo.kv_block - nb
+            k_t = torch.cat([k_t, F.pad(k_cmp, (0, 0, 0, n_cmp))], dim=2)
+            v_t = torch.cat([v_t, F.pad(self.compress_v(v), (0, 0, 0, n_cmp))], dim=2)
+        block_mask = sparse_flex.build_block_mask(geo, first, end, selected, H)
+        out = _flex_attention(q_t, k_t, v_t, block_mask, nbr > 1, self._flex_mode(x) != "eager")
+        out = out.view(B, H, nbr, geo.q_len, dh)[:, :, :, :Lp]
+        mixed = None
+        for r, name in enumerate(branches):
+            term = out[:, :, r] * gates[BRANCHES.index(name)][..., None]  # (B, H, Lp, dh)
+            mixed = term if mixed is None else mixed + term
+        y = mixed.transpose(1, 2).reshape(B, Lp, D)
+        y = F.pad(y, (0, 0, 0, 1)).reshape(B * (Lp + 1), D).index_select(0, layout.gather_out).view(B, L, D)
+        return self.out(y) * valid[..., None].to(y.dtype)
 
     def branch_outputs(self, x: Tensor, valid: Tensor) -> dict[str, Tensor]:
         """Each enabled branch alone, in the caller's layout, for tests and diagnostics.
