@@ -68,8 +68,11 @@ class SALConfig:
     use_selected: bool = True
     # "dense": dense causal attention (SDPA), same model otherwise (the dense_attention ablation).
     attention: Literal["sparse", "dense"] = "sparse"
-    # Sparse attention implementation: "block" (fast) or "reference" (readable O(L^2) masks, same results).
-    attention_impl: Literal["block", "reference"] = "block"
+    # Sparse attention implementation (SparseAttentionConfig.impl): "block" (the tested CPU/GPU path, attention
+    # dropout included), "flex" (one flex_attention call, GPU speed path; no attention dropout, so it needs
+    # attn_dropout 0 to train; CPU: forward only), "auto" (flex on CUDA unless training with attention dropout,
+    # block elsewhere) or "reference" (readable O(L^2) masks, same results).
+    attention_impl: Literal["auto", "block", "flex", "reference"] = "block"
     # Left-truncation length (the most recent max_len events are kept); also the position-table size.
     max_len: int = 200
     # Dropout on embeddings and residual branches; SASRec's value for sparse data such as MovieLens.

@@ -123,6 +123,9 @@ class SparseAttentionConfig:
             raise ValueError("at least one attention branch must be enabled")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
+        if self.impl == "flex" and self.dropout > 0:
+            raise ValueError("impl='flex' has no attention dropout (flex_attention cannot drop probabilities): "
+                             "set dropout 0, or use impl='auto' (block path while training with dropout)")
         if self.impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {self.impl!r}")
 
@@ -344,6 +347,15 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, dropout_p: float) ->
 
 
 _COMPILED_FLEX = None
+
+
+def _is_compile_error(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from torch.compile (Dynamo/Inductor), not from running the step."""
+    from torch._dynamo import exc as dynamo_exc
+
+    kinds = tuple(k for k in (getattr(dynamo_exc, n, None) for n in ("TorchDynamoException", "BackendCompilerFailed"))
+                  if isinstance(k, type))
+    return isinstance(exc, kinds) or type(exc).__module__.startswith("torch._inductor")
 
 
 def _flex_attention(q: Tensor, k: Tensor, v: Tensor, block_mask, gqa: bool, compiled: bool) -> Tensor:
@@ -606,11 +618,47 @@ class MultiGranularitySparseAttention(nn.Module):
             if step is None:
                 step = torch.compile(self._flex_forward, fullgraph=True)
                 self.__dict__["_flex_step_compiled"] = step  # not a submodule/parameter: kept out of state_dict
-            return step(x, valid)
+            if self.__dict__.get("_flex_step_ok"):
+                return step(x, valid)
+            try:  # the first call compiles; a compiler failure falls back to compiling flex_attention alone
+                out = step(x, valid)
+            except Exception as exc:  # noqa: BLE001
+                if not _is_compile_error(exc):
+                    raise
+                warnings.warn(f"flex path: compiling the whole step failed ({type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0][:200]}); compiling flex_attention alone")
+                self.flex_compile = "attention"
+                return self._flex_forward(x, valid)
+            self.__dict__["_flex_step_ok"] = True
+            return out
         return self._flex_forward(x, valid)
 
     def _flex_forward(self, x: Tensor, valid: Tensor) -> Tensor:
         """The whole layer as one flex_attention call; no host synchronisation (see mufasa.models.sparse_flex)."""
+        p = self._flex_prepare(x, valid)
+        B, L, D = x.shape
+        H, dh, geo, Lp, nbr = self.config.n_heads, self.config.head_dim, p["geometry"], p["Lp"], len(p["geometry"].branches)
+        out = _flex_attention(p["q"], p["k"], p["v"], p["block_mask"], nbr > 1, self._flex_mode(x) != "eager")
+        out = out.view(B, H, nbr, geo.q_len, dh)[:, :, :, :Lp]
+        mixed = None
+        for r, name in enumerate(geo.branches):
+            term = out[:, :, r] * p["gates"][BRANCHES.index(name)][..., None]  # (B, H, Lp, dh)
+            mixed = term if mixed is None else mixed + term
+        y = mixed.transpose(1, 2).reshape(B, Lp, D)
+        y = F.pad(y, (0, 0, 0, 1)).reshape(B * (Lp + 1), D).index_select(0, p["gather_out"]).view(B, L, D)
+        return self.out(y) * valid[..., None].to(y.dtype)
+
+    @torch.no_grad()
+    def flex_block_mask(self, x: Tensor, valid: Tensor) -> dict:
+        """What the flex path attends with, for tests and diagnostics: ``block_mask`` (BlockMask, query heads
+        ``h * n_branches + r``), ``geometry`` (:class:`~mufasa.models.sparse_flex.FlexGeometry`), and the
+        selection it was built from, ``indices``/``usable`` (B, H, ng, k) as :meth:`selection` returns them."""
+        check_left_padded(valid, x.shape[1])
+        p = self._flex_prepare(x, valid)
+        return {key: p[key] for key in ("block_mask", "geometry", "indices", "usable", "first", "end")}
+
+    def _flex_prepare(self, x: Tensor, valid: Tensor) -> dict:
+        """Block layout, projections, gates, selection and the BlockMask of the flex call (no host sync)."""
         from mufasa.models import sparse_flex
 
         cfg = self.config
@@ -631,7 +679,7 @@ class MultiGranularitySparseAttention(nn.Module):
         first = (L - n_real) - (L - n_real) % align  # (B,) block-layout slots of the real events: [first, end)
         end = L - (L - n_real) % align
         block_ok = layout.valid.view(B, nb, bs).all(dim=2)  # (B, nb): complete, real blocks
-        selected = None
+        selected = idx = usable = None
         if cfg.use_compressed or cfg.use_selected:
             k_cmp = self.compress_k(k)  # (B, H, nb, dh)
             if cfg.use_selected:
@@ -648,15 +696,8 @@ class MultiGranularitySparseAttention(nn.Module):
             k_t = torch.cat([k_t, F.pad(k_cmp, (0, 0, 0, n_cmp))], dim=2)
             v_t = torch.cat([v_t, F.pad(self.compress_v(v), (0, 0, 0, n_cmp))], dim=2)
         block_mask = sparse_flex.build_block_mask(geo, first, end, selected, H)
-        out = _flex_attention(q_t, k_t, v_t, block_mask, nbr > 1, self._flex_mode(x) != "eager")
-        out = out.view(B, H, nbr, geo.q_len, dh)[:, :, :, :Lp]
-        mixed = None
-        for r, name in enumerate(branches):
-            term = out[:, :, r] * gates[BRANCHES.index(name)][..., None]  # (B, H, Lp, dh)
-            mixed = term if mixed is None else mixed + term
-        y = mixed.transpose(1, 2).reshape(B, Lp, D)
-        y = F.pad(y, (0, 0, 0, 1)).reshape(B * (Lp + 1), D).index_select(0, layout.gather_out).view(B, L, D)
-        return self.out(y) * valid[..., None].to(y.dtype)
+        return {"q": q_t, "k": k_t, "v": v_t, "block_mask": block_mask, "geometry": geo, "gates": gates, "Lp": Lp,
+                "gather_out": layout.gather_out, "indices": idx, "usable": usable, "first": first, "end": end}
 
     def branch_outputs(self, x: Tensor, valid: Tensor) -> dict[str, Tensor]:
         """Each enabled branch alone, in the caller's layout, for tests and diagnostics.
