@@ -34,6 +34,10 @@ CUDA) at that length are written to the Markdown report.
 Writes ``benchmarks/results/attention-cpu.json``, ``.md`` (table) and ``.png`` (time and memory vs L) for the
 float32 CPU run, ``attention-<device>-<dtype>.*`` otherwise (``attention-cuda-bfloat16.*``); ``--out`` overrides.
 
+``--flex`` (CUDA) also times the ``flex_attention`` path (``impl="flex"``, whole step compiled, one compilation
+per length after ``torch._dynamo.reset()``; fwd+bwd only), checks its no-grad output against the block path and
+adds a flex table (vs dense and vs block, peak memory, compile seconds); writes ``attention-cuda-<dtype>-flex.*``.
+
 ``--compile`` (CPU, float32) asks whether ``torch.compile`` (inductor's C++/OpenMP backend, ``dynamic=False``)
 speeds the sparse block path up. For every (threads, L) four modules with the same weights alternate within each
 repetition: eager sparse, the whole sparse module compiled (``module.compile()``; Dynamo splits it at every
@@ -146,6 +150,7 @@ def run_length(
     warmup: int,
     device: torch.device,
     dtype: torch.dtype = torch.float32,
+    flex: bool = False,
 ) -> dict:
     B = max(1, tokens // L)
     torch.manual_seed(0)
@@ -155,8 +160,25 @@ def run_length(
     }
     x, valid = make_inputs(L, tokens, cfg.d_model, device, dtype)
     row: dict = {"L": L, "B": B}
+    if flex:  # the flex path, whole step compiled (fwd+bwd only: a no-grad forward is one more compilation)
+        import dataclasses
+
+        import torch._dynamo
+
+        torch._dynamo.reset()  # one compilation per length, never the recompile limit (then: eager, O(L^2))
+        module = MultiGranularitySparseAttention(dataclasses.replace(cfg, impl="flex")).to(device=device, dtype=dtype)
+        module.load_state_dict(modules["sparse"].state_dict())
+        started = time.perf_counter()
+        make_step(module, x, valid, True)()
+        sync(device)
+        row["flex_compile_s"] = round(time.perf_counter() - started, 1)
+        row["flex_compiled"] = module.flex_compile or "step"  # "attention" if the whole step fell back
+        with torch.no_grad():
+            diff = (module(x, valid).float() - modules["sparse"](x, valid).float()).abs().max()
+        row["flex_max_abs_diff_vs_block"] = float(diff)
+        modules = {"sparse": modules["sparse"], "flex": module, "dense": modules["dense"]}
     for mode, backward in (("fwd_bwd", True), ("fwd", False)):
-        steps = {name: make_step(m, x, valid, backward) for name, m in modules.items()}
+        steps = {name: make_step(m, x, valid, backward) for name, m in modules.items() if backward or name != "flex"}
         for _ in range(warmup):
             for step in steps.values():
                 step()
@@ -168,6 +190,9 @@ def run_length(
             row[f"{name}_{mode}_ms"] = statistics.median(ts)
             row[f"{name}_{mode}_all_ms"] = [round(t, 2) for t in ts]
         row[f"speedup_{mode}"] = row[f"dense_{mode}_ms"] / row[f"sparse_{mode}_ms"]
+        if f"flex_{mode}_ms" in row:
+            row[f"flex_speedup_{mode}"] = row[f"dense_{mode}_ms"] / row[f"flex_{mode}_ms"]
+            row[f"flex_vs_block_{mode}"] = row[f"sparse_{mode}_ms"] / row[f"flex_{mode}_ms"]
     for name, m in modules.items():
         if device.type == "cuda":  # gradients left by earlier steps would count as "before" and be freed inside
             for other in modules.values():
@@ -243,6 +268,24 @@ def write_reports(result: dict, stem: Path) -> None:
                 f"| {r['speedup_fwd']:.2f}x | {r['sparse_peak_mb']:.0f} | {r['dense_peak_mb']:.0f} |"
             )
         lines.append("")
+    if any("flex_fwd_bwd_ms" in r for run in result["runs"] for r in run["rows"]):
+        lines += [
+            "## flex path (`impl=\"flex\"`, whole step compiled) vs block path vs dense, fwd+bwd",
+            "",
+            "| L | B | flex ms | block ms | dense ms | flex vs dense | flex vs block | flex peak MB | compile s "
+            "| compiled | max abs diff vs block (fwd) |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        ]
+        for r in result["runs"][0]["rows"]:
+            if "flex_fwd_bwd_ms" not in r:
+                continue
+            lines.append(
+                f"| {r['L']:,} | {r['B']} | {ms.format(r['flex_fwd_bwd_ms'])} | {ms.format(r['sparse_fwd_bwd_ms'])} "
+                f"| {ms.format(r['dense_fwd_bwd_ms'])} | {r['flex_speedup_fwd_bwd']:.2f}x | {r['flex_vs_block_fwd_bwd']:.2f}x "
+                f"| {r.get('flex_peak_mb', float('nan')):.0f} | {r['flex_compile_s']} | {r['flex_compiled']} "
+                f"| {r['flex_max_abs_diff_vs_block']:.2e} |"
+            )
+        lines.append("")
     if result.get("profile"):
         lines += [
             f"## Where the sparse layer's time goes (fwd+bwd, L = {result['profile_length']:,}, "
@@ -274,6 +317,10 @@ def write_reports(result: dict, stem: Path) -> None:
         tag = dtype if cuda else f"{run['threads']} thr"
         ax_t.plot(Ls, [r["sparse_fwd_bwd_ms"] for r in rows], "o" + style, color="C0", label=f"sparse, {tag}")
         ax_t.plot(Ls, [r["dense_fwd_bwd_ms"] for r in rows], "s" + style, color="C3", label=f"dense SDPA, {tag}")
+        flex_rows = [r for r in rows if "flex_fwd_bwd_ms" in r]
+        if flex_rows:
+            ax_t.plot([r["L"] for r in flex_rows], [r["flex_fwd_bwd_ms"] for r in flex_rows], "^" + style, color="C2",
+                      label=f"sparse flex, {tag}")
     rows0 = [r for r in result["runs"][0]["rows"] if "error" not in r]
     Ls = [r["L"] for r in rows0]
     ax_m.plot(Ls, [r["sparse_peak_mb"] for r in rows0], "o-", color="C0", label="sparse")
@@ -579,6 +626,8 @@ def main() -> None:
     parser.add_argument("--profile-length", type=int, default=4096, help="0 = no operator profile")
     parser.add_argument("--out", type=Path, default=None,
                         help="output stem (default results/attention-cpu, or attention-<device>-<dtype>)")
+    parser.add_argument("--flex", action="store_true",
+                        help="CUDA: also time the flex_attention path (impl='flex', whole step compiled; fwd+bwd)")
     parser.add_argument("--compile", action="store_true",
                         help="eager vs torch.compile'd sparse vs dense (CPU fp32) -> results/attention-cpu-compile.*")
     args = parser.parse_args()
@@ -593,6 +642,8 @@ def main() -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available (torch {torch.__version__})")
     dtype = DTYPES[args.dtype]
+    if args.flex and device.type != "cuda":
+        parser.error("--flex needs --device cuda (torch has no CPU flex_attention backward)")
     cfg = SparseAttentionConfig()
     threads = list(dict.fromkeys(args.threads)) if device.type == "cpu" else [torch.get_num_threads()]
     result = {
@@ -622,7 +673,7 @@ def main() -> None:
             },
         })
     default_name = "attention-cpu" if (device.type, args.dtype) == ("cpu", "float32") else (
-        f"attention-{device.type}-{args.dtype}"
+        f"attention-{device.type}-{args.dtype}" + ("-flex" if args.flex else "")
     )
     stem = args.out or RESULTS / default_name
     started = time.perf_counter()
@@ -633,7 +684,7 @@ def main() -> None:
             rows = []
             for L in args.lengths:
                 try:
-                    row = run_length(L, args.tokens, cfg, args.reps, args.warmup, device, dtype)
+                    row = run_length(L, args.tokens, cfg, args.reps, args.warmup, device, dtype, args.flex)
                 except Exception as exc:  # noqa: BLE001  (on a GPU one failed length is a result, not a crash)
                     if device.type == "cpu":
                         raise
@@ -649,7 +700,9 @@ def main() -> None:
                 print(
                     f"threads {n_threads} L {L:>6}: sparse {row['sparse_fwd_bwd_ms']:8.1f} ms, dense "
                     f"{row['dense_fwd_bwd_ms']:8.1f} ms, speedup {row['speedup_fwd_bwd']:.2f}x; peak "
-                    f"{row['sparse_peak_mb']:.0f} vs {row['dense_peak_mb']:.0f} MB",
+                    f"{row['sparse_peak_mb']:.0f} vs {row['dense_peak_mb']:.0f} MB"
+                    + (f"; flex {row['flex_fwd_bwd_ms']:.2f} ms ({row['flex_speedup_fwd_bwd']:.2f}x dense, compile "
+                       f"{row['flex_compile_s']} s)" if "flex_fwd_bwd_ms" in row else ""),
                     flush=True,
                 )
             result["runs"].append({"threads": n_threads, "rows": rows})

@@ -23,7 +23,21 @@
 # dagster, mlflow, great_expectations, dvc and pydantic are made unimportable, as on the GPU image):
 #     GPU_CHECK_QUICK=1 PYTHON=.venv/bin/python OUT=/tmp/gpuout bash scripts/gpu_check.sh
 # Environment: PYTHON (default python3), OUT (default /tmp/gpu_check_out), GPU_CHECK_QUICK (1 = shrink
-# benchmark lengths and repetitions, block the packages above), GPU_CHECK_BUDGET (seconds, default 330).
+# benchmark lengths and repetitions, block the packages above), GPU_CHECK_BUDGET (seconds, default 330; 480 for
+# GPU_CHECK_PARTS=flex), GPU_CHECK_PARTS ("all", default: parts 1-5 then the flex parts if time is left;
+# "flex": part 1 and the flex parts only), GPU_CHECK_DRY (1 = print each part's command, run nothing).
+#
+# Flex parts (issue 17: the flex_attention path, impl="flex"):
+#   6 flex-tests   tests/test_flex_attention.py (CUDA cases: fwd+bwd parity vs the float64 block path, no host
+#                  sync under set_sync_debug_mode("error"), SAL with impl auto; the CPU cases too)
+#   7 flex-bench   benchmarks/attention.py --flex, bfloat16 (then, last, float32), L = 1k .. 64k, 16k tokens a step
+#                  -> benchmarks/results/attention-cuda-<dtype>-flex.{json,md,png}
+#   8 flex-prof    benchmarks/flex_gpu.py profile: one fwd+bwd step of block / flex / flex-attn / dense at 16k,
+#                  bf16: kernels launched, GPU busy share, host syncs -> results/flex-profile-cuda-bfloat16.*
+#   9 flex-train   benchmarks/flex_gpu.py train: short train_sal, 4k-event synthetic histories, flex then block
+#                  -> results/flex-train-cuda.*
+# The one command for the flex check (about 8 minutes on an H200):
+#     GPU_CHECK_PARTS=flex OUT=$OUT bash scripts/gpu_check.sh
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 REPO=$PWD
@@ -32,7 +46,13 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PY=${PYTHON:-python3}
 export OUT=${OUT:-/tmp/gpu_check_out}
 QUICK=${GPU_CHECK_QUICK:-0}
-BUDGET=${GPU_CHECK_BUDGET:-330}
+PARTS=${GPU_CHECK_PARTS:-all}
+DRY=${GPU_CHECK_DRY:-0}
+if [[ $PARTS != all && $PARTS != flex ]]; then
+    echo "GPU_CHECK_PARTS must be 'all' or 'flex', got '$PARTS'" >&2
+    exit 2
+fi
+if [[ $PARTS == flex ]]; then BUDGET=${GPU_CHECK_BUDGET:-480}; else BUDGET=${GPU_CHECK_BUDGET:-330}; fi
 mkdir -p "$OUT/results" || exit 1
 LOG="$OUT/gpu_check.log"
 : >"$LOG"
@@ -71,6 +91,10 @@ run_part() {
     fi
     say ""
     say "=== [$(date -u +%H:%M:%S)] $name (limit ${limit}s): $*"
+    if [[ $DRY == 1 ]]; then
+        NAMES+=("$name"); CODES+=("dry"); SECS+=(0)
+        return
+    fi
     start=$(date +%s)
     timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$LOG" "$WORK/$name.log"
     rc=${PIPESTATUS[0]}
@@ -143,6 +167,8 @@ say "cuda available: $HAS_CUDA"
 
 # ---- 2. correctness tests on cuda ----------------------------------------------------------------------------
 
+if [[ $PARTS == all ]]; then
+
 # --noconftest: tests/conftest.py imports the pipeline (pydantic, yaml); these modules need none of its fixtures.
 PYTEST=("$PY" -m pytest --noconftest -p no:cacheprovider -q -o addopts= -W "ignore::DeprecationWarning")
 run_part tests 170 "${PYTEST[@]}" -rA --durations=12 -m "not slow" -k "cuda and not nccl" \
@@ -179,6 +205,40 @@ run_part nccl 100 "${PYTEST[@]}" -rA -s tests/test_distributed.py -k nccl
 # ---- 5. long-range recall on cuda (slow test), if time is left -------------------------------------------------
 
 run_part recall 110 "${PYTEST[@]}" -rA -s -m slow -k "recalls and cuda" tests/test_sal.py
+fi  # PARTS == all
+
+# ---- 6-9. the flex_attention path (issue 17) -------------------------------------------------------------------
+
+PYTEST=("$PY" -m pytest --noconftest -p no:cacheprovider -q -o addopts= -W "ignore::DeprecationWarning")
+run_part flex-tests 120 "${PYTEST[@]}" -rA --durations=8 tests/test_flex_attention.py
+if [[ $QUICK == 1 ]]; then
+    FLEX_LENGTHS=(1024); FLEX_REPS=2; FLEX_WARMUP=1; PROF_L=1024; TRAIN=(--users 8 --events 256 --steps 4)
+else
+    FLEX_LENGTHS=(1024 4096 8192 16384 65536); FLEX_REPS=7; FLEX_WARMUP=2; PROF_L=16384
+    TRAIN=(--users 64 --events 4096 --batch-size 4 --steps 40)
+fi
+if [[ $HAS_CUDA == 1 || $DRY == 1 ]]; then
+    flex_bench() {  # DTYPE MAX_SECONDS (a run cut short still leaves its per-length partial JSON)
+        run_part "flex-bench-$1" "$2" "$PY" benchmarks/attention.py --device cuda --dtype "$1" --flex \
+            --lengths "${FLEX_LENGTHS[@]}" --reps "$FLEX_REPS" --warmup "$FLEX_WARMUP" --profile-length 0
+        for ext in json md png; do
+            f="benchmarks/results/attention-cuda-$1-flex.$ext"
+            [[ -f $f ]] && cp "$f" "$OUT/results/"
+        done
+    }
+    # by priority: bf16 (the issue's targets), the profile, the training run, then fp32 with what is left
+    flex_bench bfloat16 120
+    run_part flex-prof 60 "$PY" benchmarks/flex_gpu.py profile --device cuda --dtype bfloat16 --length "$PROF_L"
+    run_part flex-train 80 "$PY" benchmarks/flex_gpu.py train --device cuda "${TRAIN[@]}"
+    flex_bench float32 120
+else  # CPU dry run of the script's CPU-capable pieces, into $OUT only
+    run_part flex-prof-cpu 60 "$PY" benchmarks/flex_gpu.py profile --device cpu --dtype float32 --length 256 \
+        --tokens 512 --variants block dense --out "$OUT/results/flex-profile-cpu"
+    run_part flex-train-cpu 90 "$PY" benchmarks/flex_gpu.py train --device cpu "${TRAIN[@]}" --out "$OUT/results/flex-train-cpu"
+fi
+for f in benchmarks/results/flex-profile-cuda-*.{json,md} benchmarks/results/flex-train-cuda.{json,md}; do
+    [[ -f $f ]] && cp "$f" "$OUT/results/"
+done
 
 # ---- summary -------------------------------------------------------------------------------------------------
 
@@ -191,21 +251,24 @@ run_part recall 110 "${PYTEST[@]}" -rA -s -m slow -k "recalls and cuda" tests/te
         detail=""
         if [[ -f $WORK/$name.log ]]; then
             case $name in
-                tests | nccl | recall)
+                tests | nccl | recall | flex-tests)
                     detail=$(grep -E '(passed|failed|error|skipped|no tests ran|deselected)' "$WORK/$name.log" | grep -E ' in [0-9.]+s' | tail -1) ;;
-                bench-*)
+                bench-* | flex-bench-*)
                     detail="$(grep -c ' L .*speedup' "$WORK/$name.log") lengths measured, $(grep -c 'FAILED' "$WORK/$name.log") failed" ;;
                 env)
                     detail=$(grep -E '^(torch|gpu) ' "$WORK/$name.log" | tr '\n' ';' | cut -c1-110) ;;
             esac
-            if [[ ${CODES[$i]} != 0 && $name != bench-* ]]; then
+            if [[ ${CODES[$i]} != 0 && $name != bench-* && $name != flex-bench-* ]]; then
                 failed=$(grep -E '^(FAILED|ERROR) ' "$WORK/$name.log" | head -5 | cut -c1-150)
                 [[ -n $failed ]] && detail="$detail"$'\n'"$failed"
             fi
         fi
         printf '%-18s %-6s %6s  %s\n' "$name" "${CODES[$i]}" "${SECS[$i]}" "$detail"
     done
-    for f in "$OUT"/results/*.json; do
+    for f in "$OUT"/results/*.md; do  # the flex reports, whole
+        case $f in *flex-profile* | *flex-train*) echo ""; cat "$f" ;; esac
+    done
+    for f in "$OUT"/results/attention-*.json; do
         [[ -f $f ]] || continue
         "$PY" - "$f" <<'EOF'
 import json, sys
@@ -231,7 +294,15 @@ EOF
     echo "files in \$OUT: $(cd "$OUT" && find . -type f | sort | tr '\n' ' ')"
 } 2>&1 | tee -a "$LOG"
 
+# The device tool brings back 8 files at most: past that, everything under results/ goes into one tarball and
+# only the Markdown reports stay loose (while they fit).
+if (( $(find "$OUT" -type f | wc -l) > 8 )) && [[ $DRY != 1 ]]; then
+    (cd "$OUT" && tar czf results.tar.gz results && find results -type f ! -name '*.md' -delete)
+    if (( $(find "$OUT" -type f | wc -l) > 8 )); then find "$OUT/results" -type f -delete; fi
+    echo "packed \$OUT/results into results.tar.gz; files in \$OUT: $(cd "$OUT" && find . -type f | sort | tr '\n' ' ')" | tee -a "$LOG"
+fi
+
 rm -rf "$WORK"
 status=0
-for c in "${CODES[@]}"; do [[ $c == skip || $c == 0 ]] || status=1; done
+for c in "${CODES[@]}"; do [[ $c == skip || $c == dry || $c == 0 ]] || status=1; done
 exit $status

@@ -46,8 +46,14 @@ the paper reads — per row, (n, n) masks for the three branches, the gate mix, 
 lines; the tests hold the block path to it in float64, outputs and gradients.
 :meth:`MultiGranularitySparseAttention.branch_outputs` returns each branch alone (and the q, k, v it used) so
 tests can also compare a branch with :func:`dense_causal_attention` or a masked dense reference.
-The CPU block path is the tested path; there is no separate GPU kernel (a ``flex_attention`` ``BlockMask`` is the
-natural one, see benchmarks/README.md).
+Implementations (``SparseAttentionConfig.impl``): "block" (above; CPU and GPU, attention dropout, the default);
+"flex" (:mod:`mufasa.models.sparse_flex`: the three branches as ONE ``flex_attention`` call, each branch a query
+head of its own so each keeps its softmax and gate, with a ``BlockMask`` built on the device from the selection;
+on CUDA the whole step is ``torch.compile``'d, with no host synchronisation inside it; no attention dropout; on
+CPU forward only and unfused, for tests); "auto" (flex on CUDA unless training with attention dropout, block
+elsewhere); "reference" (below). The tests hold "flex" to "block": the BlockMask against ``create_block_mask``
+and the selection, forward parity on CPU (float64 eager, float32 compiled), and on CUDA outputs and gradients
+against the float64 block path and no host sync (tests/test_flex_attention.py).
 """
 
 from __future__ import annotations
