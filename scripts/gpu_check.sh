@@ -210,7 +210,7 @@ fi  # PARTS == all
 # ---- 6-9. the flex_attention path (issue 17) -------------------------------------------------------------------
 
 PYTEST=("$PY" -m pytest --noconftest -p no:cacheprovider -q -o addopts= -W "ignore::DeprecationWarning")
-run_part flex-tests 120 "${PYTEST[@]}" -rA --durations=8 tests/test_flex_attention.py
+run_part flex-tests 180 "${PYTEST[@]}" -rA --durations=8 tests/test_flex_attention.py
 if [[ $QUICK == 1 ]]; then
     FLEX_LENGTHS=(1024); FLEX_REPS=2; FLEX_WARMUP=1; PROF_L=1024; TRAIN=(--users 8 --events 256 --steps 4)
 else
