@@ -56,6 +56,17 @@ def project_params(args, seed: int) -> dict:
                   "lr_schedule": "cosine", "min_eval_steps": args.min_eval_steps, "min_evals": args.min_evals})
     if args.max_steps:
         train["max_steps"] = args.max_steps
+    for assignment in args.set:  # e.g. train_sal.model.dropout=0.1 (YAML values), applied last
+        key, _, value = assignment.partition("=")
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            if part not in node:
+                raise SystemExit(f"--set {assignment}: no section {part!r} in params.yaml")
+            node = node[part]
+        if leaf not in node:
+            raise SystemExit(f"--set {assignment}: no key {leaf!r} under {'.'.join(parents)}")
+        node[leaf] = yaml.safe_load(value)
     raw["evaluate"].update({"baselines": ["popularity", "copy_oracle"], "ablations": ["dense_attention", "window_only"],
                             "ks": [10, 50]})
     return raw
@@ -110,7 +121,9 @@ def markdown(payload: dict) -> str:
         f"`{payload['command']}`: {s['users']} synthetic users of {s['length']:,} + 2 events; every user's last "
         f"{s['tail']} events replay a segment ending >= {s['gap']} events earlier (the validation and test targets "
         f"lie inside it). Shipped model and attention (window 64, blocks of 32, top-4), max_len {s['length']}, "
-        f"batch {s['batch_size']}, budget: {s['budget']}. Test split, every item ranked, history kept. "
+        f"batch {s['batch_size']}, budget: {s['budget']}"
+        + (f", overrides {', '.join(f'`{o}`' for o in s['overrides'])}" if s.get("overrides") else "")
+        + ". Test split, every item ranked, history kept. "
         f"Seeds {[r['seed'] for r in payload['seeds']]}.",
         "",
         "| model | test HR@10 (mean ± std) | test NDCG@10 | seeds |",
@@ -140,6 +153,9 @@ def main() -> None:
     ap.add_argument("--min-evals", type=int, default=30)
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a params.yaml value, e.g. train_sal.model.dropout=0.1 (repeatable; say so when "
+                         "you publish)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "long-range")
     args = ap.parse_args()
     args.gap = args.gap if args.gap is not None else args.length // 2
@@ -148,7 +164,7 @@ def main() -> None:
         f", capped at {args.max_steps} steps" if args.max_steps else "")
     payload = {"command": "python benchmarks/long_range.py " + " ".join(sys.argv[1:]),
                "settings": {"length": args.length, "users": args.users, "tail": args.tail, "gap": args.gap,
-                            "batch_size": args.batch_size, "budget": budget},
+                            "batch_size": args.batch_size, "budget": budget, "overrides": args.set},
                "seeds": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
