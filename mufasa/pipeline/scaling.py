@@ -282,9 +282,13 @@ def plot(payload: dict, path: Path) -> None:
     q.set(xscale="log", xlabel="history length L", ylabel="test metric", title="quality vs L")
     c.set(xscale="log", yscale="log", xlabel="history length L", ylabel="ms per step / MB",
           title=f"cost per step ({payload['settings']['tokens_per_step']:,} tokens) vs L")
+    lengths = sorted({t["L"] for t in trials})
     for ax in (q, c):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
+        if lengths:  # one labelled tick per measured L (log-axis minor labels overlap)
+            ax.set_xticks(lengths, [f"{n:,}" for n in lengths])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
