@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 from enum import Enum
@@ -27,27 +28,25 @@ def _lock_timeout() -> float:
         raise typer.BadParameter(f"MUFASA_LOCK_TIMEOUT must be a number of seconds, got {raw!r}") from None
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, never to a stream captured at setup
+    (in-process callers such as test runners swap and close stderr between invocations)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def _log_to_stderr() -> None:
     """The library's notes (e.g. the training budget resolved from the data size) on stderr; other libraries'
     loggers keep their own levels."""
-    import logging
-
-    class CurrentStderr(logging.StreamHandler):
-        """Writes to whatever ``sys.stderr`` is when a record is emitted, never to a stream captured at setup
-        (in-process callers such as test runners swap and close stderr between invocations)."""
-
-        @property
-        def stream(self):
-            return sys.stderr
-
-        @stream.setter
-        def stream(self, _value):
-            pass
-
     logger = logging.getLogger("mufasa")
-    if not any(getattr(h, "mufasa_cli", False) for h in logger.handlers):
-        handler = CurrentStderr()
-        handler.mufasa_cli = True
+    if not any(isinstance(h, _CurrentStderr) for h in logger.handlers):
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

@@ -167,10 +167,10 @@ say "cuda available: $HAS_CUDA"
 
 # ---- 2. correctness tests on cuda ----------------------------------------------------------------------------
 
-if [[ $PARTS == all ]]; then
-
 # --noconftest: tests/conftest.py imports the pipeline (pydantic, yaml); these modules need none of its fixtures.
 PYTEST=("$PY" -m pytest --noconftest -p no:cacheprovider -q -o addopts= -W "ignore::DeprecationWarning")
+
+if [[ $PARTS == all ]]; then
 run_part tests 170 "${PYTEST[@]}" -rA --durations=12 -m "not slow" -k "cuda and not nccl" \
     tests/test_sparse_attention.py tests/test_sal.py tests/test_mfl.py
 
@@ -209,7 +209,6 @@ fi  # PARTS == all
 
 # ---- 6-9. the flex_attention path (issue 17) -------------------------------------------------------------------
 
-PYTEST=("$PY" -m pytest --noconftest -p no:cacheprovider -q -o addopts= -W "ignore::DeprecationWarning")
 run_part flex-tests 180 "${PYTEST[@]}" -rA --durations=8 tests/test_flex_attention.py
 if [[ $QUICK == 1 ]]; then
     FLEX_LENGTHS=(1024); FLEX_REPS=2; FLEX_WARMUP=1; PROF_L=1024; TRAIN=(--users 8 --events 256 --steps 4)
