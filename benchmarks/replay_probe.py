@@ -45,8 +45,11 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=None, help="default: the sequence length")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--prev-item", action="store_true", help="SALConfig.prev_item (previous-item embedding)")
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--one-shot", action="store_true", help="train all epochs in one call, evaluate once")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
 
     n_items, S = 200, args.session
     train_rows = replay_data(args.users, n_items, seed=0, session=S, filler=args.filler)
@@ -55,7 +58,7 @@ def main() -> None:
     seqs = (np.arange(U + 1) * T, train_rows.reshape(-1), np.zeros(U * T, dtype=np.int64))
     cfg = SALConfig(n_items=n_items, d_model=64, n_layers=2, n_heads=2, window=args.window, block_size=args.block,
                     top_k=args.top_k, select_group=args.group, max_len=args.max_len or T, dropout=0.0,
-                    time_encoding=False)
+                    time_encoding=False, prev_item=args.prev_item)
     if args.variant == "window":
         cfg = replace(cfg, use_compressed=False, use_selected=False)
     elif args.variant == "dense":
@@ -73,5 +76,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(2)
     main()

@@ -90,6 +90,10 @@ class SALConfig:
     # Learned embedding of the log time gap to the previous event: session boundaries mark where a new interest
     # (or a replay of an old one) starts.
     time_encoding: bool = True
+    # Learned embedding of the *previous* item added at each position (its own table): with it, "the event after
+    # the last time I saw this item" is one query-key match (query: current item; key: the item before it), so
+    # recalling an earlier session needs no previous-event head built from learned positions first.
+    prev_item: bool = False
 
     def __post_init__(self) -> None:
         if self.n_items < 1:
@@ -195,6 +199,7 @@ class SALModel(nn.Module):
         self.id_embedding = nn.Embedding(N + 1, D, padding_idx=0) if config.use_id_embedding else None
         self.position = nn.Embedding(config.max_len, D)
         self.time_gap = nn.Embedding(N_TIME_BUCKETS, D) if config.time_encoding else None
+        self.prev_embedding = nn.Embedding(N + 1, D, padding_idx=0) if config.prev_item else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(SALBlock(config) for _ in range(config.n_layers))
         self.ln_out = nn.LayerNorm(D)
@@ -247,6 +252,9 @@ class SALModel(nn.Module):
         if self.time_gap is not None:
             buckets = time_gap_buckets(timestamps, valid) if timestamps is not None else torch.zeros_like(items)
             h = h + self.time_gap(buckets)
+        if self.prev_embedding is not None:
+            # item before each event (0 = none: the first kept event, or padding); zero for padded positions
+            h = h + self.prev_embedding(F.pad(items[:, :-1], (1, 0)))
         h = self.drop(h * valid[..., None].to(h.dtype))
         for block in self.blocks:
             h = block(h, valid)
