@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=512)
     ap.add_argument("--session", type=int, default=32)
     ap.add_argument("--filler", type=int, default=192)
+    ap.add_argument("--min-filler", type=int, default=None,
+                    help="training gaps uniform in [min-filler, filler] (test users: always filler)")
     ap.add_argument("--window", type=int, default=64)
     ap.add_argument("--block", type=int, default=32)
     ap.add_argument("--top-k", type=int, default=4)
@@ -46,14 +48,16 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--prev-item", action="store_true", help="SALConfig.prev_item (previous-item embedding)")
+    ap.add_argument("--seed", type=int, default=0, help="training data and model seed (test users: seed + 1000)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--one-shot", action="store_true", help="train all epochs in one call, evaluate once")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     n_items, S = 200, args.session
-    train_rows = replay_data(args.users, n_items, seed=0, session=S, filler=args.filler)
-    test_rows = replay_data(200, n_items, seed=1, session=S, filler=args.filler)
+    train_rows = replay_data(args.users, n_items, seed=args.seed, session=S, filler=args.filler,
+                             min_filler=args.min_filler)
+    test_rows = replay_data(200, n_items, seed=args.seed + 1000, session=S, filler=args.filler)
     U, T = train_rows.shape
     seqs = (np.arange(U + 1) * T, train_rows.reshape(-1), np.zeros(U * T, dtype=np.int64))
     cfg = SALConfig(n_items=n_items, d_model=64, n_layers=2, n_heads=2, window=args.window, block_size=args.block,
@@ -66,7 +70,7 @@ def main() -> None:
     checkpoints = None if args.one_shot else tempfile.mkdtemp(prefix="replay-probe-")
     started = time.time()
     for epochs in [args.epochs] if args.one_shot else range(1, args.epochs + 1):
-        train_cfg = SALTrainConfig(**EPOCH_BUDGET, epochs=epochs, batch_size=32, lr=args.lr, progress=False,
+        train_cfg = SALTrainConfig(**EPOCH_BUDGET, epochs=epochs, batch_size=32, lr=args.lr, progress=False, seed=args.seed,
                                    patience=1000)
         result = train_sal(cfg, train_cfg, seqs, np.zeros(U, dtype=np.int64), checkpoint_dir=checkpoints)
         ndcg = replay_ndcg(result.model, test_rows, S)

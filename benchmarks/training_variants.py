@@ -1,7 +1,7 @@
 """How the training objective's details move SASRec and MUFASA on MovieLens-100k (validation decides; test is shown).
 
-Each variant is a set of ``SALTrainConfig`` overrides (loss weighting, batching, window stride) applied to the
-reference SASRec (``evaluate.sasrec``) or to MUFASA (``train_sal``, fused vectors from ``data/fused``), trained
+Each variant is a set of ``SALTrainConfig`` overrides (loss weighting, batching, window stride; and under the key
+``"model"``, model-config overrides such as ``{"model": {"prev_item": true}}``) applied to the reference SASRec (``evaluate.sasrec``) or to MUFASA (``train_sal``, fused vectors from ``data/fused``), trained
 once per seed with the project's trainer. Results are appended to ``benchmarks/results/training-variants.jsonl``
 after every run and summarised (mean ± std over seeds) in ``training-variants.md``.
 
@@ -44,7 +44,9 @@ def run_one(model: str, variant: str, overrides: dict, seed: int, threads: int) 
     else:
         fused = inputs.fused
         model_cfg, train_cfg = sal_configs(params, n_items=n, item_feature_dim=0 if fused is None else fused.shape[1])
-    train_cfg = dataclasses.replace(train_cfg, seed=seed, progress=False, **overrides)
+    train_overrides = {k: v for k, v in overrides.items() if k != "model"}
+    model_cfg = dataclasses.replace(model_cfg, **overrides.get("model", {}))
+    train_cfg = dataclasses.replace(train_cfg, seed=seed, progress=False, **train_overrides)
     t0 = time.perf_counter()
     result = fit(model_cfg, train_cfg, inputs, ROOT, f"variants-{model}-{variant}-{seed}", fused)
     test = evaluate_protocols(SALScorer(result.model), inputs.data.test, n, ks=(10, 50), batch_size=512)
