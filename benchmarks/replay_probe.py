@@ -48,7 +48,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--prev-item", action="store_true", help="SALConfig.prev_item (previous-item embedding)")
-    ap.add_argument("--seed", type=int, default=0, help="training data and model seed (test users: seed + 1000)")
+    ap.add_argument("--seed", type=int, default=0, help="training data and model seed")
+    ap.add_argument("--test-seed", type=int, default=1, help="seed of the 200 test users")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--one-shot", action="store_true", help="train all epochs in one call, evaluate once")
     args = ap.parse_args()
@@ -57,7 +58,7 @@ def main() -> None:
     n_items, S = 200, args.session
     train_rows = replay_data(args.users, n_items, seed=args.seed, session=S, filler=args.filler,
                              min_filler=args.min_filler)
-    test_rows = replay_data(200, n_items, seed=args.seed + 1000, session=S, filler=args.filler)
+    test_rows = replay_data(200, n_items, seed=args.test_seed, session=S, filler=args.filler)
     U, T = train_rows.shape
     seqs = (np.arange(U + 1) * T, train_rows.reshape(-1), np.zeros(U * T, dtype=np.int64))
     cfg = SALConfig(n_items=n_items, d_model=64, n_layers=2, n_heads=2, window=args.window, block_size=args.block,
