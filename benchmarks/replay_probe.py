@@ -71,8 +71,8 @@ def main() -> None:
     checkpoints = None if args.one_shot else tempfile.mkdtemp(prefix="replay-probe-")
     started = time.time()
     for epochs in [args.epochs] if args.one_shot else range(1, args.epochs + 1):
-        train_cfg = SALTrainConfig(**EPOCH_BUDGET, epochs=epochs, batch_size=32, lr=args.lr, progress=False, seed=args.seed,
-                                   patience=1000)
+        train_cfg = SALTrainConfig(**EPOCH_BUDGET, epochs=epochs, batch_size=32, lr=args.lr, progress=False,
+                                   seed=args.seed, patience=1000)
         result = train_sal(cfg, train_cfg, seqs, np.zeros(U, dtype=np.int64), checkpoint_dir=checkpoints)
         ndcg = replay_ndcg(result.model, test_rows, S)
         print(f"{args.variant} T={T} epoch {epochs} step {epochs * result.budget.steps_per_epoch} "

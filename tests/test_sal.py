@@ -314,16 +314,17 @@ def test_sal_at_the_shipped_attention_settings_recalls_a_session_replayed_far_ou
     Each user: a random 32-item session, 192 other events, the session replayed. Inside the replay the next item
     sits 224 events back, 3.5 windows away: only the selected blocks hold it, and only the compressed summaries can
     tell the selection where. Learning to copy is a plateau, then a drop (benchmarks/replay_probe.py: seed 0 leaves
-    it at ~800 steps, seed 1 at ~1,200; without ``prev_item`` neither SAL nor dense attention leaves it in 1,250
+    it at ~800 steps, seed 1 at ~1,300; without ``prev_item`` neither SAL nor dense attention leaves it in 1,250
     steps). Checks: the trained model recalls; the same weights with the selection branch off fall far (the
-    recall flows mostly through selection, not the window or the block summaries); at the replay, the block the selection
-    weighs most is the session's (compression scores the right block), where an untrained model's is not.
+    recall flows mostly through selection, not the window or the block summaries); at the replay, the block the
+    selection weighs most is the session's (compression scores the right block), where an untrained model's is not.
     """
     from mufasa.pipeline.params import load_params
 
     shipped = load_params(REPO / "params.yaml").train_sal.model
     N, S, filler = 200, 32, 192
-    train_rows, test_rows = replay_data(4000, N, seed=0, session=S, filler=filler), replay_data(200, N, seed=1000, session=S, filler=filler)
+    train_rows = replay_data(4000, N, seed=0, session=S, filler=filler)
+    test_rows = replay_data(200, N, seed=1000, session=S, filler=filler)
     U, T = train_rows.shape
     seqs = (np.arange(U + 1) * T, train_rows.reshape(-1), np.zeros(U * T, dtype=np.int64))
     cfg = replace(shipped, n_items=N, item_feature_dim=0, d_model=64, max_len=T, dropout=0.0, attn_dropout=0.0,
