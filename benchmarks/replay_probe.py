@@ -1,13 +1,15 @@
 """Does SAL learn to recall a replayed session far outside its window, and after how many steps?
 
-    .venv/bin/python benchmarks/replay_probe.py --users 4000 --epochs 10                  # shipped attention sizes
-    .venv/bin/python benchmarks/replay_probe.py --users 1000 --epochs 12 --one-shot \\
-        --session 16 --filler 64 --window 8 --block 8 --top-k 2 --max-len 128          # the toy replay test's model
+    .venv/bin/python benchmarks/replay_probe.py --prev-item --users 4000 --epochs 12    # shipped attention sizes
+    .venv/bin/python benchmarks/replay_probe.py --variant dense --prev-item --users 4000 --epochs 16
+
+Every run behind benchmarks/results/replay-probe.md, with its command, is listed there.
 
 Data (tests/test_sal.py ``replay_data``): per user a random session of ``--session`` items out of 200, ``--filler``
-random other items, then the session replayed verbatim. Model: full SAL (``--variant``), 2 layers, d 64, no
-dropout, no time encoding; training: ``train_sal``, batch 32, constant ``--lr``. Metric: NDCG@10 of the replayed
-items (from the replay's 2nd item) on 200 fresh users, printed after every epoch (training resumes from its
+random other items, then the session replayed verbatim (``--min-filler``: gaps drawn per user). Model: full SAL
+(``--variant``), 2 layers, d 64, no dropout, no time encoding, ``--prev-item`` for ``SALConfig.prev_item``;
+training: ``train_sal``, batch 32, constant ``--lr``, ``--seed``. Metric: NDCG@10 of the replayed items (from the
+replay's 2nd item) on 200 fresh users (``--test-seed``), printed after every epoch (training resumes from its
 checkpoint, bit for bit) or once at the end with ``--one-shot``. A diagnostic probe: prints, writes nothing.
 """
 
