@@ -1,9 +1,10 @@
 """How the training objective's details move SASRec and MUFASA on MovieLens-100k (validation decides; test is shown).
 
 Each variant is a set of ``SALTrainConfig`` overrides (loss weighting, batching, window stride; and under the key
-``"model"``, model-config overrides such as ``{"model": {"prev_item": true}}``) applied to the reference SASRec (``evaluate.sasrec``) or to MUFASA (``train_sal``, fused vectors from ``data/fused``), trained
-once per seed with the project's trainer. Results are appended to ``benchmarks/results/training-variants.jsonl``
-after every run and summarised (mean ± std over seeds) in ``training-variants.md``.
+``"model"``, model-config overrides such as ``{"model": {"prev_item": true}}``) applied to the reference SASRec
+(``evaluate.sasrec``) or to MUFASA (``train_sal``, fused vectors from ``data/fused``), trained once per seed
+with the project's trainer. Results are appended to ``benchmarks/results/training-variants.jsonl`` after every
+run and summarised (mean ± std over seeds) in ``training-variants.md``.
 
 Needs the pipeline's data (``make run`` or ``mufasa stage ingest|sequences|features|train_mfl --no-track``).
 

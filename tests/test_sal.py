@@ -314,10 +314,11 @@ def test_sal_at_the_shipped_attention_settings_recalls_a_session_replayed_far_ou
     Each user: a random 32-item session, 192 other events, the session replayed. Inside the replay the next item
     sits 224 events back, 3.5 windows away: only the selected blocks hold it, and only the compressed summaries can
     tell the selection where. Learning to copy is a plateau, then a drop (benchmarks/replay_probe.py: seed 0 leaves
-    it at ~850 steps, seed 1 at ~1,300, seed 2 not within 3,000: this test trains seed 0; without ``prev_item`` neither SAL nor dense attention leaves it in 1,250
-    steps). Checks: the trained model recalls; the same weights with the selection branch off fall far (the
-    recall flows mostly through selection, not the window or the block summaries); at the replay, the block the
-    selection weighs most is the session's (compression scores the right block), where an untrained model's is not.
+    it at ~850 steps, seed 1 at ~1,300, seed 2 not within 3,000: this test trains seed 0; without ``prev_item``
+    neither SAL nor dense attention leaves it in 1,250 steps). Checks: the trained model recalls; the same weights
+    with the selection branch off fall far (the recall flows mostly through selection, not the window or the block
+    summaries); at the replay, the block the selection weighs most is the session's (compression scores the right
+    block), where an untrained model's is not.
     """
     from mufasa.pipeline.params import load_params
 
