@@ -67,7 +67,7 @@ def project_params(args, seed: int) -> dict:
         if leaf not in node:
             raise SystemExit(f"--set {assignment}: no key {leaf!r} under {'.'.join(parents)}")
         node[leaf] = yaml.safe_load(value)
-    raw["evaluate"].update({"baselines": ["popularity", "copy_oracle"], "ablations": ["dense_attention", "window_only"],
+    raw["evaluate"].update({"baselines": ["popularity", "copy_oracle"], "ablations": list(args.ablations),
                             "ks": [10, 50]})
     return raw
 
@@ -152,6 +152,10 @@ def main() -> None:
     ap.add_argument("--min-eval-steps", type=int, default=100)
     ap.add_argument("--min-evals", type=int, default=30)
     ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--ablations", nargs="*", default=["dense_attention", "window_only"],
+                    choices=["dense_attention", "window_only"],
+                    help="variants trained beside full SAL (none: a quick look at full SAL alone; the criteria "
+                         "against a variant left out read nan)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a params.yaml value, e.g. train_sal.model.dropout=0.1 (repeatable; say so when "
@@ -164,7 +168,8 @@ def main() -> None:
         f", capped at {args.max_steps} steps" if args.max_steps else "")
     payload = {"command": "python benchmarks/long_range.py " + " ".join(sys.argv[1:]),
                "settings": {"length": args.length, "users": args.users, "tail": args.tail, "gap": args.gap,
-                            "batch_size": args.batch_size, "budget": budget, "overrides": args.set},
+                            "batch_size": args.batch_size, "budget": budget, "overrides": args.set,
+                            "ablations": list(args.ablations)},
                "seeds": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:

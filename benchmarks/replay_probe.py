@@ -7,7 +7,7 @@ Every run behind benchmarks/results/replay-probe.md, with its command, is listed
 
 Data (tests/test_sal.py ``replay_data``): per user a random session of ``--session`` items out of 200, ``--filler``
 random other items, then the session replayed verbatim (``--min-filler``: gaps drawn per user). Model: full SAL
-(``--variant``), 2 layers, d 64, no dropout, no time encoding, ``--prev-item`` for ``SALConfig.prev_item``;
+(``--variant``), 2 layers, width ``--d-model`` (64), ``--heads`` (2), no dropout, no time encoding, ``--prev-item`` for ``SALConfig.prev_item``;
 training: ``train_sal``, batch 32, constant ``--lr``, ``--seed``. Metric: NDCG@10 of the replayed items (from the
 replay's 2nd item) on 200 fresh users (``--test-seed``), printed after every epoch (training resumes from its
 checkpoint, bit for bit) or once at the end with ``--one-shot``. A diagnostic probe: prints, writes nothing.
@@ -47,6 +47,8 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=4)
     ap.add_argument("--group", type=int, default=2)
     ap.add_argument("--max-len", type=int, default=None, help="default: the sequence length")
+    ap.add_argument("--d-model", type=int, default=64)
+    ap.add_argument("--heads", type=int, default=2)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--prev-item", action="store_true", help="SALConfig.prev_item (previous-item embedding)")
@@ -63,9 +65,9 @@ def main() -> None:
     test_rows = replay_data(200, n_items, seed=args.test_seed, session=S, filler=args.filler)
     U, T = train_rows.shape
     seqs = (np.arange(U + 1) * T, train_rows.reshape(-1), np.zeros(U * T, dtype=np.int64))
-    cfg = SALConfig(n_items=n_items, d_model=64, n_layers=2, n_heads=2, window=args.window, block_size=args.block,
-                    top_k=args.top_k, select_group=args.group, max_len=args.max_len or T, dropout=0.0,
-                    time_encoding=False, prev_item=args.prev_item)
+    cfg = SALConfig(n_items=n_items, d_model=args.d_model, n_layers=2, n_heads=args.heads, window=args.window,
+                    block_size=args.block, top_k=args.top_k, select_group=args.group, max_len=args.max_len or T,
+                    dropout=0.0, time_encoding=False, prev_item=args.prev_item)
     if args.variant == "window":
         cfg = replace(cfg, use_compressed=False, use_selected=False)
     elif args.variant == "dense":
