@@ -7,10 +7,10 @@ Every run behind benchmarks/results/replay-probe.md, with its command, is listed
 
 Data (tests/test_sal.py ``replay_data``): per user a random session of ``--session`` items out of 200, ``--filler``
 random other items, then the session replayed verbatim (``--min-filler``: gaps drawn per user). Model: full SAL
-(``--variant``), 2 layers, width ``--d-model`` (64), ``--heads`` (2), no dropout, no time encoding, ``--prev-item`` for ``SALConfig.prev_item``;
-training: ``train_sal``, batch 32, constant ``--lr``, ``--seed``. Metric: NDCG@10 of the replayed items (from the
-replay's 2nd item) on 200 fresh users (``--test-seed``), printed after every epoch (training resumes from its
-checkpoint, bit for bit) or once at the end with ``--one-shot``. A diagnostic probe: prints, writes nothing.
+(``--variant``), 2 layers, width ``--d-model`` (64), ``--heads`` (2), no dropout, no time encoding, ``--prev-item``
+for ``SALConfig.prev_item``; training: ``train_sal``, ``--batch-size`` (32), constant ``--lr``, ``--seed``.
+Metric: NDCG@10 of the replayed items (from the replay's 2nd item) on 200 fresh users (``--test-seed``), printed
+after every epoch (training resumes from its checkpoint, bit for bit) or once at the end with ``--one-shot``. A diagnostic probe: prints, writes nothing.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=None, help="default: the sequence length")
     ap.add_argument("--d-model", type=int, default=64)
     ap.add_argument("--heads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--prev-item", action="store_true", help="SALConfig.prev_item (previous-item embedding)")
@@ -75,8 +76,8 @@ def main() -> None:
     checkpoints = None if args.one_shot else tempfile.mkdtemp(prefix="replay-probe-")
     started = time.time()
     for epochs in [args.epochs] if args.one_shot else range(1, args.epochs + 1):
-        train_cfg = SALTrainConfig(**EPOCH_BUDGET, epochs=epochs, batch_size=32, lr=args.lr, progress=False,
-                                   seed=args.seed, patience=1000)
+        train_cfg = SALTrainConfig(**EPOCH_BUDGET, epochs=epochs, batch_size=args.batch_size, lr=args.lr,
+                                   progress=False, seed=args.seed, patience=1000)
         result = train_sal(cfg, train_cfg, seqs, np.zeros(U, dtype=np.int64), checkpoint_dir=checkpoints)
         ndcg = replay_ndcg(result.model, test_rows, S)
         print(f"{args.variant} T={T} epoch {epochs} step {epochs * result.budget.steps_per_epoch} "
