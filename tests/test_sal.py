@@ -69,6 +69,7 @@ def random_batch(
         dict(loss="sampled", n_negatives=8),
         dict(time_encoding=False, use_selected=False),
         dict(prev_item=True),
+        dict(prev_item=True, prev_lags=3),
     ],
 )
 @pytest.mark.parametrize("device", DEVICES)
@@ -150,7 +151,7 @@ def test_sampled_softmax_with_logq_correction_estimates_the_full_softmax():
 def test_hidden_state_at_t_depends_only_on_events_up_to_t(device):
     """Prefix consistency of the whole model (positions, time gaps, sparse blocks): what next-item training needs."""
     torch.manual_seed(4)
-    model = SALModel(SALConfig(n_items=30, **SMALL, prev_item=True)).to(device).eval()
+    model = SALModel(SALConfig(n_items=30, **SMALL, prev_item=True, prev_lags=2)).to(device).eval()
     with torch.no_grad():  # content-dependent compression, so block selection is a real choice
         for block in model.blocks:
             block.attn.compress_k.w2.normal_(0.0, 0.5)
@@ -179,6 +180,30 @@ def test_prev_item_embeds_the_item_before_each_event_and_nothing_for_the_first()
     assert seen[0].tolist() == [[0, 0, 0, 7, 3], [0, 4, 5, 6, 1]]  # padding / first event: no previous item
     model_off = SALModel(SALConfig(n_items=30, **SMALL, prev_item=False))
     assert model_off.prev_embedding is None and "prev_embedding.weight" not in model_off.state_dict()
+
+
+def test_prev_lags_embed_the_items_further_back_each_with_its_own_table():
+    torch.manual_seed(0)
+    model = SALModel(SALConfig(n_items=30, **SMALL, prev_item=True, prev_lags=3)).eval()
+    assert len(model.earlier_embeddings) == 2
+    tables = [model.prev_embedding, *model.earlier_embeddings]
+    assert len({t.weight.data_ptr() for t in tables}) == 3  # a separate table per lag
+    seen = [[] for _ in tables]
+    for table, out in zip(tables, seen, strict=True):
+        table.register_forward_hook(lambda _m, args, _out, out=out: out.append(args[0].tolist()))
+    items = torch.tensor([[0, 0, 7, 3, 9], [4, 5, 6, 1, 2]])
+    with torch.no_grad():
+        model(items, None)
+        model(items[:, -2:], None)  # a history shorter than the lag: nothing that far back
+    assert seen[0][0] == [[0, 0, 0, 7, 3], [0, 4, 5, 6, 1]]
+    assert seen[1][0] == [[0, 0, 0, 0, 7], [0, 0, 4, 5, 6]]
+    assert seen[2][0] == [[0, 0, 0, 0, 0], [0, 0, 0, 4, 5]]
+    assert seen[2][1] == [[0, 0], [0, 0]]
+    # one lag (the default) is the model that existed before the field: the same parameters, the same init
+    plain = SALModel(SALConfig(n_items=30, **SMALL, prev_item=True, prev_lags=1))
+    assert not any(k.startswith("earlier_embeddings") for k in plain.state_dict())
+    with pytest.raises(ValueError, match="prev_lags"):
+        SALConfig(n_items=30, prev_lags=0)
 
 
 def test_time_gap_buckets():

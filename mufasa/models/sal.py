@@ -94,6 +94,11 @@ class SALConfig:
     # the last time I saw this item" is one query-key match (query: current item; key: the item before it), so
     # recalling an earlier session needs no previous-event head built from learned positions first.
     prev_item: bool = False
+    # With prev_item: how many earlier items each position embeds, each lag with its own table (1 = the previous
+    # item only). 2 makes "the event after the last time I saw these two items" one query-key match: in a long
+    # history an item recurs with several continuations, a pair of items rarely does
+    # (benchmarks/results/replay-match-ceiling.md).
+    prev_lags: int = 1
 
     def __post_init__(self) -> None:
         if self.n_items < 1:
@@ -108,6 +113,8 @@ class SALConfig:
             raise ValueError(f"attention must be 'sparse' or 'dense', got {self.attention!r}")
         if self.loss not in ("full", "sampled"):
             raise ValueError(f"loss must be 'full' or 'sampled', got {self.loss!r}")
+        if self.prev_lags < 1:
+            raise ValueError("prev_lags must be >= 1")
         if self.n_layers < 1 or self.max_len < 1 or self.n_negatives < 1:
             raise ValueError("n_layers, max_len and n_negatives must be >= 1")
         if self.temperature <= 0:
@@ -200,6 +207,9 @@ class SALModel(nn.Module):
         self.position = nn.Embedding(config.max_len, D)
         self.time_gap = nn.Embedding(N_TIME_BUCKETS, D) if config.time_encoding else None
         self.prev_embedding = nn.Embedding(N + 1, D, padding_idx=0) if config.prev_item else None
+        # lags 2.. (prev_lags > 1): the item two, three, ... events back, one table each
+        lags = config.prev_lags - 1 if config.prev_item else 0
+        self.earlier_embeddings = nn.ModuleList(nn.Embedding(N + 1, D, padding_idx=0) for _ in range(lags))
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(SALBlock(config) for _ in range(config.n_layers))
         self.ln_out = nn.LayerNorm(D)
@@ -255,6 +265,8 @@ class SALModel(nn.Module):
         if self.prev_embedding is not None:
             # item before each event (0 = none: the first kept event, or padding); zero for padded positions
             h = h + self.prev_embedding(F.pad(items[:, :-1], (1, 0)))
+            for lag, table in enumerate(self.earlier_embeddings, start=2):  # 0 where the history is shorter
+                h = h + table(F.pad(items[:, :-lag], (lag, 0)) if lag < L else torch.zeros_like(items))
         h = self.drop(h * valid[..., None].to(h.dtype))
         for block in self.blocks:
             h = block(h, valid)
