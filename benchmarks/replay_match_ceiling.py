@@ -33,17 +33,26 @@ from mufasa.evaluation.oracle import copy_scores  # noqa: E402
 MATCHES = (1, 2, 3, 64)
 
 
-def ceiling(length: int, users: int, seed: int) -> dict:
-    cfg = SyntheticConfig(n_users=users, n_items=600, min_events=length + 2, max_events=length + 2, tail_replay=8,
-                          tail_replay_gap=length // 2, seed=seed)
+N_ITEMS = 600
+
+
+def long_range_histories(length: int, users: int, seed: int, replay_prob: float = 0.15) -> tuple[np.ndarray, ...]:
+    """(items, timestamps), each (users, length + 2): the synthetic users ``benchmarks/long_range.py`` makes (the
+    shipped generator, the last 8 events replaying a segment that ends >= length / 2 events earlier)."""
+    cfg = SyntheticConfig(n_users=users, n_items=N_ITEMS, min_events=length + 2, max_events=length + 2,
+                          tail_replay=8, tail_replay_gap=length // 2, seed=seed, replay_prob=replay_prob)
     data = generate(cfg).interactions
-    histories = np.split(data["item_id"].to_numpy(), np.flatnonzero(np.diff(data["user_id"].to_numpy())) + 1)
+    return tuple(data[c].to_numpy().reshape(users, length + 2) for c in ("item_id", "timestamp"))
+
+
+def ceiling(length: int, users: int, seed: int) -> dict:
+    histories, _ = long_range_histories(length, users, seed)
     row = {"length": length, "users": users}
     for m in MATCHES:
         hits, candidates = [], []
         for seq in histories:
             history, target = seq[:-1], int(seq[-1])
-            scores = copy_scores(history, cfg.n_items, max_match=m)
+            scores = copy_scores(history, N_ITEMS, max_match=m)
             ranked = np.argsort(-scores, kind="stable")[:10] + 1
             hits.append(target in ranked[scores[ranked - 1] > -1])
             candidates.append(int((scores > -1).sum()))

@@ -10,7 +10,8 @@ random other items, then the session replayed verbatim (``--min-filler``: gaps d
 (``--variant``), 2 layers, width ``--d-model`` (64), ``--heads`` (2), no dropout, no time encoding, ``--prev-item``
 for ``SALConfig.prev_item``; training: ``train_sal``, ``--batch-size`` (32), constant ``--lr``, ``--seed``.
 Metric: NDCG@10 of the replayed items (from the replay's 2nd item) on 200 fresh users (``--test-seed``), printed
-after every epoch (training resumes from its checkpoint, bit for bit) or once at the end with ``--one-shot``. A diagnostic probe: prints, writes nothing.
+after every epoch (training resumes from its checkpoint, bit for bit) or once at the end with ``--one-shot``.
+A diagnostic probe: prints, writes nothing.
 """
 
 from __future__ import annotations

@@ -26,11 +26,11 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "benchmarks")]
 
-from mufasa.data.synthetic import SyntheticConfig, generate  # noqa: E402
 from mufasa.models.sal import SALConfig  # noqa: E402
 from mufasa.training.sal_trainer import SALTrainConfig, train_sal  # noqa: E402
+from replay_match_ceiling import N_ITEMS, long_range_histories  # noqa: E402
 from tests.helpers import EPOCH_BUDGET  # noqa: E402
 
 
@@ -49,13 +49,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     L, U = args.length, args.users
-    data = generate(SyntheticConfig(n_users=U, n_items=600, min_events=L + 2, max_events=L + 2, tail_replay=8,
-                                    tail_replay_gap=L // 2, seed=args.seed, replay_prob=args.replay_prob))
-    items = data.interactions["item_id"].to_numpy().reshape(U, L + 2)
-    stamps = data.interactions["timestamp"].to_numpy().reshape(U, L + 2)  # unused by the model (no time encoding)
+    items, stamps = long_range_histories(L, U, args.seed, args.replay_prob)  # stamps unused: no time encoding
     seqs = (np.arange(U + 1) * L, items[:, :-2].reshape(-1), stamps[:, :-2].reshape(-1))
     test_x, test_y = torch.as_tensor(items[:500, 1:-1]), torch.as_tensor(items[:500, -1])
-    cfg = SALConfig(n_items=600, d_model=64, n_layers=2, n_heads=args.heads, max_len=L, dropout=0.0,
+    cfg = SALConfig(n_items=N_ITEMS, d_model=64, n_layers=2, n_heads=args.heads, max_len=L, dropout=0.0,
                     time_encoding=False, prev_item=True, prev_lags=args.lags)
     checkpoints = tempfile.mkdtemp(prefix="synthetic-recall-probe-")
     started = time.time()

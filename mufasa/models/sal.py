@@ -266,7 +266,7 @@ class SALModel(nn.Module):
             # item before each event (0 = none: the first kept event, or padding); zero for padded positions
             h = h + self.prev_embedding(F.pad(items[:, :-1], (1, 0)))
             for lag, table in enumerate(self.earlier_embeddings, start=2):  # 0 where the history is shorter
-                h = h + table(F.pad(items[:, :-lag], (lag, 0)) if lag < L else torch.zeros_like(items))
+                h = h + table(F.pad(items, (lag, 0))[:, :L])
         h = self.drop(h * valid[..., None].to(h.dtype))
         for block in self.blocks:
             h = block(h, valid)
