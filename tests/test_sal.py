@@ -70,6 +70,8 @@ def random_batch(
         dict(time_encoding=False, use_selected=False),
         dict(prev_item=True),
         dict(prev_item=True, prev_lags=3),
+        dict(seen_bias=True),
+        dict(seen_bias=True, loss="sampled", n_negatives=8),
     ],
 )
 @pytest.mark.parametrize("device", DEVICES)
@@ -125,6 +127,41 @@ def test_full_loss_is_the_mean_next_item_cross_entropy_over_every_target_positio
         per_position = F.cross_entropy(logits.reshape(-1, 26), targets.reshape(-1), reduction="none")
         expected = per_position[targets.reshape(-1) > 0].mean()
         torch.testing.assert_close(model.calculate_loss(items, ts, targets), expected, **close(device))
+
+
+def test_seen_bias_shifts_the_scores_of_items_consumed_up_to_each_position_only():
+    """With the bias at -3, an item's score at position t drops by 3 exactly when it occurs at or before t (not
+    when it comes later, not for padding); the loss is the cross-entropy of those scores; training on histories
+    that never repeat an item learns a negative bias."""
+    torch.manual_seed(3)
+    model = SALModel(SALConfig(n_items=12, **SMALL, seen_bias=True)).eval()
+    items = torch.tensor([[0, 0, 3, 5, 3, 7], [1, 2, 4, 6, 8, 10]])
+    ts = torch.zeros_like(items)
+    targets = torch.tensor([[0, 0, 5, 3, 7, 9], [2, 4, 6, 8, 10, 12]])
+    with torch.no_grad():
+        model.seen_bias.weight.fill_(-3.0)
+        plain = model(items, ts) @ model.item_embeddings()[1:].T  # (B, L, N)
+        seen = torch.zeros(2, 6, 12)
+        for b in range(2):
+            for t in range(6):
+                for earlier in items[b, : t + 1].tolist():
+                    if earlier > 0:
+                        seen[b, t, earlier - 1] = 1.0
+        assert seen[0, 2, 4] == 0 and seen[0, 3, 4] == 1  # item 5: unseen at position 2, seen from position 3
+        scores = plain - 3.0 * seen
+        torch.testing.assert_close(model.full_sort_predict(items, ts), scores[:, -1])
+        mask = targets > 0
+        expected = F.cross_entropy(scores[mask], targets[mask] - 1)
+        torch.testing.assert_close(model.calculate_loss(items, ts, targets), expected)
+    rng = np.random.default_rng(4)  # 80 users, each 12 distinct items of 20 (drawn without replacement)
+    histories = [rng.permutation(20)[:12] + 1 for _ in range(80)]
+    offsets = np.r_[0, np.cumsum([11] * 80)]
+    seqs = (offsets, np.concatenate([h[:-1] for h in histories]), np.arange(880, dtype=np.int64) * 60)
+    train_cfg = SALTrainConfig(epochs=3, batch_size=16, lr=1e-2, patience=100, min_eval_steps=1, min_evals=1,
+                               warmup_steps=0, lr_schedule="constant", progress=False, weight_decay=0.0)
+    trained = train_sal(SALConfig(n_items=20, **SMALL, seen_bias=True), train_cfg, seqs,
+                        np.array([h[-1] for h in histories]))
+    assert trained.model.seen_bias.weight.item() < -0.05
 
 
 def test_sampled_softmax_with_logq_correction_estimates_the_full_softmax():
@@ -505,13 +542,47 @@ def test_early_stopping_counts_evaluations_not_epochs():
     assert steps[-1] == best + 2 * 7  # ... exactly `patience` evaluations after the best one
 
 
-def test_a_run_resumes_mid_epoch_onto_the_same_curve(tmp_path):
+def test_ema_validates_and_returns_the_moving_average_of_the_trained_weights():
+    """Runs of 1, 2 and 3 steps without EMA give the trained weights W1..W3 (EMA does not change training); a
+    3-step run with ema_decay d must return e3, where e1 = W1 and e_t = d e_(t-1) + (1 - d) W_t, and judge that
+    average on validation (its metrics differ from those of W3)."""
+    seqs, targets = successor_data(120, 30, seed=1)
+    cfg = SALConfig(n_items=30, **{**SMALL, "dropout": 0.2})
+    base = SALTrainConfig(epochs=1, batch_size=16, lr=3e-2, patience=100, min_eval_steps=1, min_evals=1,
+                          warmup_steps=0, lr_schedule="constant", progress=False, seed=3)
+    no_val = np.zeros_like(targets)
+    trained = [train_sal(cfg, replace(base, max_steps=k), seqs, no_val).model.state_dict() for k in (1, 2, 3)]
+    d = 0.6
+    expected = {name: t.clone() for name, t in trained[0].items()}
+    for weights in trained[1:]:
+        for name, t in weights.items():
+            if t.is_floating_point():
+                expected[name] = d * expected[name] + (1 - d) * t
+    averaged = train_sal(cfg, replace(base, max_steps=3, ema_decay=d), seqs, no_val)
+    assert averaged.steps_run == 3
+    for name, t in averaged.model.state_dict().items():
+        torch.testing.assert_close(t, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert not torch.equal(expected["position.weight"], trained[-1]["position.weight"])
+    # validation judges the average: the last row's metrics are those of e3, not of W3
+    with_val = train_sal(cfg, replace(base, max_steps=3, ema_decay=d), seqs, targets)
+    plain = train_sal(cfg, replace(base, max_steps=3), seqs, targets)
+    model = cfg.build()
+    model.load_state_dict(expected)
+    assert with_val.history[-1]["val_ndcg@10"] == pytest.approx(evaluate_next_item(model, seqs, targets)["ndcg@10"])
+    assert with_val.history[-1]["val_ndcg@10"] != plain.history[-1]["val_ndcg@10"]
+    with pytest.raises(ValueError, match="ema_decay"):
+        SALTrainConfig(ema_decay=1.0)
+
+
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_a_run_resumes_mid_epoch_onto_the_same_curve(tmp_path, ema_decay):
     """Evaluation periods of 10 steps in epochs of 8: the checkpoint after 10 steps is mid-epoch 2; resuming must
-    replay the rest of that epoch's batch order and RNG, not start a new epoch."""
+    replay the rest of that epoch's batch order and RNG, not start a new epoch (and, with ema_decay, carry on the
+    same average of the weights)."""
     seqs, targets = successor_data(120, 30, seed=1)
     cfg = SALConfig(n_items=30, **{**SMALL, "dropout": 0.2})
     train_cfg = SALTrainConfig(epochs=1, batch_size=16, lr=3e-3, patience=100, min_eval_steps=10, min_evals=3,
-                               warmup_steps=4, lr_schedule="constant", progress=False, seed=3)
+                               warmup_steps=4, lr_schedule="constant", progress=False, seed=3, ema_decay=ema_decay)
     uninterrupted = train_sal(cfg, train_cfg, seqs, targets)
     first = train_sal(cfg, replace(train_cfg, max_steps=10), seqs, targets, checkpoint_dir=tmp_path)
     assert first.steps_run == 10 and first.epochs_run == 1.25

@@ -29,6 +29,7 @@ def test_shipped_sasrec_has_the_reference_settings():
     assert (train.min_eval_steps, train.warmup_steps, train.lr_schedule) == (1, 0, "constant")
     # seeded as MUFASA, so a seeded comparison reseeds both
     assert train.seed == _shipped().train_sal.train.seed
+    assert not model.seen_bias  # MUFASA's learned seen-item bias is not the reference's
 
 
 def test_sasrec_is_id_only():
@@ -78,6 +79,28 @@ def test_prefix_gets_the_same_hidden_state_as_the_whole_sequence():
     whole = model(seq)
     padded_prefix = torch.cat([torch.zeros(1, 4, dtype=torch.long), seq[:, :6]], dim=1)
     torch.testing.assert_close(model(padded_prefix)[:, -1], whole[:, 5])
+
+
+def test_seen_bias_option_shifts_the_scores_of_consumed_items_as_in_sal():
+    torch.manual_seed(0)
+    plain = SASRecModel(SASRecConfig(n_items=9, max_len=8)).eval()
+    biased = SASRecModel(SASRecConfig(n_items=9, max_len=8, seen_bias=True)).eval()
+    biased.load_state_dict({**plain.state_dict(), "seen_bias.weight": torch.tensor(-2.0)})
+    items = torch.tensor([[0, 0, 4, 2, 4, 7]])
+    targets = torch.tensor([[0, 0, 2, 4, 7, 1]])
+    with torch.no_grad():
+        seen = torch.zeros(9)
+        seen[[3, 1, 6]] = 1.0  # items 4, 2, 7
+        torch.testing.assert_close(biased.full_sort_predict(items), plain.full_sort_predict(items) - 2.0 * seen)
+        logits = plain(items) @ plain.item_embedding.weight[1:].T  # (1, 6, 9)
+        history = torch.zeros(1, 6, 9)
+        for t in range(6):
+            for item in items[0, : t + 1].tolist():
+                if item:
+                    history[0, t, item - 1] = 1.0
+        mask = targets > 0
+        expected = torch.nn.functional.cross_entropy((logits - 2.0 * history)[mask], targets[mask] - 1)
+        torch.testing.assert_close(biased.calculate_loss(items, None, targets), expected)
 
 
 def test_training_windows_train_every_target_exactly_once():

@@ -33,7 +33,7 @@ from mufasa.models.sparse_attention import (
     SparseAttentionConfig,
 )
 
-__all__ = ["SALConfig", "SALModel", "time_gap_buckets", "N_TIME_BUCKETS"]
+__all__ = ["SALConfig", "SALModel", "SeenBias", "first_positions", "time_gap_buckets", "N_TIME_BUCKETS"]
 
 # Bucket 0: no previous event (first event, padding, or no timestamps); bucket b >= 1: gap in [2^(b-1)-1, 2^b-1)
 # seconds. 32 buckets reach 2^31 s (68 years), so every real gap has its own bucket.
@@ -99,6 +99,10 @@ class SALConfig:
     # history an item recurs with several continuations, a pair of items rarely does
     # (benchmarks/results/replay-match-ceiling.md).
     prev_lags: int = 1
+    # One learned scalar added to the score of every item the user has already consumed (up to and including the
+    # current event): the model learns from the training targets how often a user comes back to an item
+    # (negative where users never repeat, as on MovieLens ratings; positive where they do). Off = SASRec's scores.
+    seen_bias: bool = False
 
     def __post_init__(self) -> None:
         if self.n_items < 1:
@@ -155,6 +159,38 @@ def time_gap_buckets(timestamps: Tensor, valid: Tensor) -> Tensor:
     has_prev = valid[:, 1:] & valid[:, :-1]
     bucket = torch.where(has_prev, bucket, torch.zeros_like(bucket))
     return F.pad(bucket, (1, 0))  # position 0 never has a previous event in the batch
+
+
+def first_positions(items: Tensor, n_items: int) -> Tensor:
+    """(B, L) item indices (0 = padding) -> (B, N + 1) long: the first position of each item in each row, L where
+    the item does not occur (column 0, padding, is always L)."""
+    B, L = items.shape
+    pos = torch.arange(L, device=items.device).expand(B, L)
+    first = torch.full((B, n_items + 1), L, dtype=torch.long, device=items.device)
+    first = first.scatter_reduce(1, items, pos, reduce="amin", include_self=True)
+    first[:, 0] = L
+    return first
+
+
+class SeenBias(nn.Module):
+    """A learned scalar added to the scores of items consumed at or before the scored position (init 0: off)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(()))
+
+    def forward(self, logits: Tensor, first: Tensor, rows: Tensor, positions: Tensor, columns: Tensor | None = None
+                ) -> Tensor:
+        """``logits`` (P, C) of P scored positions (their batch ``rows`` and ``positions``, (P,) each) over items
+        ``columns`` (C,) (None: items 1..N, column j = item j + 1); ``first`` from :func:`first_positions`."""
+        seen = first[rows][:, 1:] if columns is None else first[rows][:, columns]  # (P, C)
+        return logits + self.weight.to(logits.dtype) * (seen <= positions[:, None]).to(logits.dtype)
+
+    def after_last(self, scores: Tensor, items: Tensor) -> Tensor:
+        """(B, N) scores of items 1..N after the last position of ``items`` (B, L): the biased scores."""
+        B, L = items.shape
+        rows = torch.arange(B, device=items.device)
+        return self(scores, first_positions(items, scores.shape[1]), rows, torch.full_like(rows, L - 1))
 
 
 class FeedForward(nn.Module):
@@ -214,6 +250,7 @@ class SALModel(nn.Module):
         self.blocks = nn.ModuleList(SALBlock(config) for _ in range(config.n_layers))
         self.ln_out = nn.LayerNorm(D)
         self.apply(self._init_weights)
+        self.seen_bias = SeenBias() if config.seen_bias else None
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -304,12 +341,18 @@ class SALModel(nn.Module):
         if t.numel() == 0:
             return hidden.sum() * 0.0
         table = self.item_embeddings()  # (N + 1, D)
+        seen = None
+        if self.seen_bias is not None:  # (first positions, rows, positions) of the scored positions
+            rows, positions = has_target.nonzero(as_tuple=True)
+            seen = (first_positions(items, self.config.n_items), rows, positions)
         if self.config.loss == "full":
             logits = h @ table[1:].T / self.config.temperature  # (P, N): column j = item j + 1
+            if seen is not None:
+                logits = self.seen_bias(logits, *seen)
             return F.cross_entropy(logits.float(), t - 1)
-        return self._sampled_softmax(h, t, table)
+        return self._sampled_softmax(h, t, table, seen)
 
-    def _sampled_softmax(self, h: Tensor, t: Tensor, table: Tensor) -> Tensor:
+    def _sampled_softmax(self, h: Tensor, t: Tensor, table: Tensor, seen: tuple | None = None) -> Tensor:
         """Sampled softmax with in-batch + uniform negatives and logQ correction.
 
         Negatives: ``n`` in-batch targets drawn uniformly from the batch's P positions (so item c is drawn with
@@ -330,6 +373,10 @@ class SALModel(nn.Module):
         temp = self.config.temperature
         pos_logit = (h * table[t]).sum(-1, keepdim=True) / temp  # (P, 1)
         neg_logits = h @ table[negatives].T / temp - log_expected  # (P, 2n)
+        if seen is not None:
+            first, rows, positions = seen
+            pos_logit = pos_logit + self.seen_bias.weight * (first[rows, t] <= positions)[:, None].to(h.dtype)
+            neg_logits = self.seen_bias(neg_logits, first, rows, positions, negatives)
         neg_logits = neg_logits.masked_fill(negatives[None, :] == t[:, None], float("-inf"))
         logits = torch.cat([pos_logit, neg_logits], dim=1).float()
         return F.cross_entropy(logits, torch.zeros(P, dtype=torch.long, device=dev))
@@ -337,4 +384,5 @@ class SALModel(nn.Module):
     def full_sort_predict(self, items: Tensor, timestamps: Tensor | None = None) -> Tensor:
         """Scores (B, N) of items 1..N as the next item after the last position (column j = item index j + 1)."""
         last = self.forward(items, timestamps)[:, -1]  # (B, D): left padding puts every last event at L-1
-        return last @ self.item_embeddings()[1:].T / self.config.temperature
+        scores = last @ self.item_embeddings()[1:].T / self.config.temperature
+        return scores if self.seen_bias is None else self.seen_bias.after_last(scores, items)

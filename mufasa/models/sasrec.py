@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mufasa.models.sal import SeenBias, first_positions
+
 __all__ = ["SASRecConfig", "SASRecModel"]
 
 
@@ -54,6 +56,9 @@ class SASRecConfig:
     # Learned positions over the last max_len events (RecBole ``MAX_ITEM_LIST_LENGTH``).
     max_len: int = 200
     layer_norm_eps: float = 1e-12
+    # Not in the reference (off = RecBole's SASRec): SAL's learned seen-item score bias (SALConfig.seen_bias), for
+    # measuring how much of a gain that bias alone brings.
+    seen_bias: bool = False
 
     # SASRec has no item features, time encoding or sampled loss: fields the SAL harness asks every model for.
     item_feature_dim: int = 0
@@ -136,6 +141,7 @@ class SASRecModel(nn.Module):
             nn.ModuleDict({"attn": SelfAttention(config), "ffn": FeedForward(config)}) for _ in range(config.n_layers)
         )
         self.apply(self._init_weights)
+        self.seen_bias = SeenBias() if config.seen_bias else None
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -179,9 +185,13 @@ class SASRecModel(nn.Module):
             return hidden.sum() * 0.0
         # NOTE: RecBole scores the padding row as a class too; scoring items 1..N only changes nothing learned.
         logits = hidden[has_target] @ self.item_embedding.weight[1:].T  # (P, N)
+        if self.seen_bias is not None:
+            rows, positions = has_target.nonzero(as_tuple=True)
+            logits = self.seen_bias(logits, first_positions(items, self.config.n_items), rows, positions)
         return F.cross_entropy(logits.float(), targets[has_target] - 1)
 
     def full_sort_predict(self, items: Tensor, timestamps: Tensor | None = None) -> Tensor:
         """Scores (B, N) of items 1..N after the last position (column j = item index j + 1)."""
         last = self.forward(items, timestamps)[:, -1]  # (B, D)
-        return last @ self.item_embedding.weight[1:].T
+        scores = last @ self.item_embedding.weight[1:].T
+        return scores if self.seen_bias is None else self.seen_bias.after_last(scores, items)

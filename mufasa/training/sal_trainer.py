@@ -131,6 +131,10 @@ class SALTrainConfig:
     window_stride: int | None = None
     # "bucketed": users sorted by length inside chunks (little padding); "random": plain shuffled batches.
     batching: str = "bucketed"
+    # Exponential moving average of the weights (torch.optim.swa_utils): after every step the averaged copy moves
+    # (1 - ema_decay) of the way to the trained weights; validation, early stopping and the returned model use the
+    # average. None: the trained weights themselves.
+    ema_decay: float | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.eval_every < 1:
@@ -153,6 +157,8 @@ class SALTrainConfig:
             raise ValueError(f"loss_weighting must be 'batch' or 'target', got {self.loss_weighting!r}")
         if self.batching not in ("bucketed", "random"):
             raise ValueError(f"batching must be 'bucketed' or 'random', got {self.batching!r}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1) (or None), got {self.ema_decay!r}")
 
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
@@ -490,6 +496,13 @@ def train_sal(
     feats = None if item_features is None else torch.as_tensor(np.asarray(item_features), dtype=torch.float32)
     model = model_cfg.build(feats).to(device)
     opt = _optimizer(model, train_cfg)
+    # the weights validation judges and the run returns: an average of the trained ones, or those themselves
+    ema = None
+    if train_cfg.ema_decay is not None:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(train_cfg.ema_decay), use_buffers=True
+        )
+    judged = model if ema is None else ema.module
     stopper = EarlyStopping(patience=train_cfg.patience, mode="max")
 
     # Every target is trained: a history longer than max_len + 1 becomes several windows (see training_windows).
@@ -506,11 +519,13 @@ def train_sal(
     ckpt = Checkpointer(Path(checkpoint_dir)) if checkpoint_dir is not None else None
     fingerprint = _fingerprint(model_cfg, train_cfg, seqs, valid_targets, item_features)
     history: list[dict[str, float]] = []
-    best_state: dict[str, Any] = copy.deepcopy(model.state_dict())
+    best_state: dict[str, Any] = copy.deepcopy(judged.state_dict())
     resumed_from = None
     state = ckpt.load(map_location=device, fingerprint=fingerprint) if ckpt else None
     if state is not None:
         model.load_state_dict(state["model"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
         stopper.load_state_dict(state["early_stopping"])
         best_state = state["best_model"]
@@ -574,6 +589,8 @@ def train_sal(
             if train_cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
             opt.step()
+            if ema is not None:
+                ema.update_parameters(model)
             step += 1
             pos += 1
             loss_sum += loss.item() * n_pos
@@ -591,13 +608,15 @@ def train_sal(
             if has_validation:
                 metrics = None
                 if main:  # rank 0 validates; every rank gets its numbers, so all take the same decisions
-                    metrics = evaluate_next_item(model, seqs, valid_targets, batch_size=max(train_cfg.batch_size, 256))
+                    metrics = evaluate_next_item(
+                        judged, seqs, valid_targets, batch_size=max(train_cfg.batch_size, 256)
+                    )
                 metrics = distributed.broadcast_object(metrics)
                 row.update({f"val_{k}": v for k, v in metrics.items()})
                 if stopper.update(metrics["ndcg@10"], step):
-                    best_state = copy.deepcopy(model.state_dict())
+                    best_state = copy.deepcopy(judged.state_dict())
             else:
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = copy.deepcopy(judged.state_dict())
             row["seconds"] = time.perf_counter() - t0
             history.append(row)
             if on_metrics is not None and main:
@@ -613,6 +632,7 @@ def train_sal(
                         "epoch_batches": torch.cat(flat) if flat else torch.empty(0, dtype=torch.int64),
                         "epoch_batch_sizes": torch.tensor([len(b) for b in flat], dtype=torch.int64),
                         "model": model.state_dict(),
+                        **({"ema": ema.state_dict()} if ema is not None else {}),
                         "optimizer": opt.state_dict(),
                         "early_stopping": stopper.state_dict(),
                         "best_model": best_state,
