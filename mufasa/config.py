@@ -219,7 +219,7 @@ class SASRecBaselineConfig:
     train: _section(SALTrainConfig, "evaluate.sasrec.train", seed=0) = _default(SALTrainConfig)
 
 
-Ablation = Literal["mfl_off", "dense_attention", "window_only", "no_selection", "no_compression"]
+Ablation = Literal["mfl_off", "dense_attention", "window_only", "no_selection", "no_compression", "no_seen_bias"]
 
 
 @dataclass(frozen=True, config=_STRICT)

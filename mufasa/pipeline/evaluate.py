@@ -10,7 +10,8 @@ training histories; ablations with MUFASA's objective and budget (``train_sal.tr
 - ``sasrec``: the reference SASRec (:mod:`mufasa.models.sasrec`: ID-only, RecBole's settings and early
   stopping, ``evaluate.sasrec``), the baseline the gate demands MUFASA beats;
 - ``mfl_off``: SAL on ID embeddings only; ``dense_attention``: MUFASA with dense causal attention instead of the
-  sparse branches; ``window_only`` / ``no_selection`` / ``no_compression``: SAL with branches removed.
+  sparse branches; ``window_only`` / ``no_selection`` / ``no_compression``: SAL with branches removed;
+  ``no_seen_bias``: MUFASA without the learned score bias on items already consumed.
 
 Outputs: ``metrics/eval.json`` (DVC metrics; per model, test and validation), ``reports/eval.md`` (table) and
 ``reports/eval.png`` (bar plot of test NDCG@10).
@@ -39,6 +40,7 @@ ABLATIONS: dict[str, dict] = {
     "window_only": {"use_compressed": False, "use_selected": False},
     "no_selection": {"use_selected": False},
     "no_compression": {"use_compressed": False},
+    "no_seen_bias": {"seen_bias": False},  # scores without the learned bias on items the user already consumed
 }
 
 
