@@ -175,8 +175,9 @@ def first_positions(items: Tensor, n_items: int) -> Tensor:
 class SeenBias(nn.Module):
     """A learned scalar added to the scores of items consumed at or before the scored position (init 0: off)."""
 
-    def __init__(self) -> None:
+    def __init__(self, n_items: int) -> None:
         super().__init__()
+        self.n_items = n_items
         self.weight = nn.Parameter(torch.zeros(()))
 
     def forward(self, logits: Tensor, first: Tensor, rows: Tensor, positions: Tensor, columns: Tensor | None = None
@@ -186,11 +187,17 @@ class SeenBias(nn.Module):
         seen = first[rows][:, 1:] if columns is None else first[rows][:, columns]  # (P, C)
         return logits + self.weight.to(logits.dtype) * (seen <= positions[:, None]).to(logits.dtype)
 
+    def scored(self, items: Tensor, has_target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(first, rows, positions)`` of the positions with a target (``has_target`` (B, L), in row-major order,
+        as ``hidden[has_target]`` takes them): the arguments :meth:`forward` needs after ``logits``."""
+        rows, positions = has_target.nonzero(as_tuple=True)
+        return first_positions(items, self.n_items), rows, positions
+
     def after_last(self, scores: Tensor, items: Tensor) -> Tensor:
         """(B, N) scores of items 1..N after the last position of ``items`` (B, L): the biased scores."""
         B, L = items.shape
         rows = torch.arange(B, device=items.device)
-        return self(scores, first_positions(items, scores.shape[1]), rows, torch.full_like(rows, L - 1))
+        return self(scores, first_positions(items, self.n_items), rows, torch.full_like(rows, L - 1))
 
 
 class FeedForward(nn.Module):
@@ -250,7 +257,7 @@ class SALModel(nn.Module):
         self.blocks = nn.ModuleList(SALBlock(config) for _ in range(config.n_layers))
         self.ln_out = nn.LayerNorm(D)
         self.apply(self._init_weights)
-        self.seen_bias = SeenBias() if config.seen_bias else None
+        self.seen_bias = SeenBias(N) if config.seen_bias else None
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -341,10 +348,7 @@ class SALModel(nn.Module):
         if t.numel() == 0:
             return hidden.sum() * 0.0
         table = self.item_embeddings()  # (N + 1, D)
-        seen = None
-        if self.seen_bias is not None:  # (first positions, rows, positions) of the scored positions
-            rows, positions = has_target.nonzero(as_tuple=True)
-            seen = (first_positions(items, self.config.n_items), rows, positions)
+        seen = None if self.seen_bias is None else self.seen_bias.scored(items, has_target)
         if self.config.loss == "full":
             logits = h @ table[1:].T / self.config.temperature  # (P, N): column j = item j + 1
             if seen is not None:

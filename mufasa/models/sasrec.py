@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mufasa.models.sal import SeenBias, first_positions
+from mufasa.models.sal import SeenBias
 
 __all__ = ["SASRecConfig", "SASRecModel"]
 
@@ -141,7 +141,7 @@ class SASRecModel(nn.Module):
             nn.ModuleDict({"attn": SelfAttention(config), "ffn": FeedForward(config)}) for _ in range(config.n_layers)
         )
         self.apply(self._init_weights)
-        self.seen_bias = SeenBias() if config.seen_bias else None
+        self.seen_bias = SeenBias(config.n_items) if config.seen_bias else None
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -186,8 +186,7 @@ class SASRecModel(nn.Module):
         # NOTE: RecBole scores the padding row as a class too; scoring items 1..N only changes nothing learned.
         logits = hidden[has_target] @ self.item_embedding.weight[1:].T  # (P, N)
         if self.seen_bias is not None:
-            rows, positions = has_target.nonzero(as_tuple=True)
-            logits = self.seen_bias(logits, first_positions(items, self.config.n_items), rows, positions)
+            logits = self.seen_bias(logits, *self.seen_bias.scored(items, has_target))
         return F.cross_entropy(logits.float(), targets[has_target] - 1)
 
     def full_sort_predict(self, items: Tensor, timestamps: Tensor | None = None) -> Tensor:
