@@ -8,7 +8,8 @@ Every run behind benchmarks/results/replay-probe.md, with its command, is listed
 Data (tests/test_sal.py ``replay_data``): per user a random session of ``--session`` items out of 200, ``--filler``
 random other items, then the session replayed verbatim (``--min-filler``: gaps drawn per user). Model: full SAL
 (``--variant``), 2 layers, width ``--d-model`` (64), ``--heads`` (2), no dropout, no time encoding, ``--prev-item``
-for ``SALConfig.prev_item``; training: ``train_sal``, ``--batch-size`` (32), constant ``--lr``, ``--seed``.
+for ``SALConfig.prev_item``, ``--seen-bias`` for ``SALConfig.seen_bias``; training: ``train_sal``,
+``--batch-size`` (32), constant ``--lr``, ``--seed``.
 Metric: NDCG@10 of the replayed items (from the replay's 2nd item) on 200 fresh users (``--test-seed``), printed
 after every epoch (training resumes from its checkpoint, bit for bit) or once at the end with ``--one-shot``.
 A diagnostic probe: prints, writes nothing.
@@ -54,6 +55,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--prev-item", action="store_true", help="SALConfig.prev_item (previous-item embedding)")
+    ap.add_argument("--seen-bias", action="store_true", help="SALConfig.seen_bias (learned score of consumed items)")
     ap.add_argument("--seed", type=int, default=0, help="training data and model seed")
     ap.add_argument("--test-seed", type=int, default=1, help="seed of the 200 test users")
     ap.add_argument("--threads", type=int, default=2)
@@ -69,7 +71,8 @@ def main() -> None:
     seqs = (np.arange(U + 1) * T, train_rows.reshape(-1), np.zeros(U * T, dtype=np.int64))
     cfg = SALConfig(n_items=n_items, d_model=args.d_model, n_layers=2, n_heads=args.heads, window=args.window,
                     block_size=args.block, top_k=args.top_k, select_group=args.group, max_len=args.max_len or T,
-                    dropout=0.0, time_encoding=False, prev_item=args.prev_item)
+                    dropout=0.0, time_encoding=False, prev_item=args.prev_item,
+                    seen_bias=args.seen_bias)
     if args.variant == "window":
         cfg = replace(cfg, use_compressed=False, use_selected=False)
     elif args.variant == "dense":

@@ -237,6 +237,14 @@ def test_benchmark_compares_every_baseline_and_ablation(pipeline, tmp_path):
         assert m["filtered"]["hr@10"] >= m["unfiltered"]["hr@10"], name
     table = (tmp_path / "cmp.md").read_text()
     assert "| window_only |" in table and "±" in table and "Wilcoxon" in table and "History filtered" in table
+    # every model with ranks is paired with MUFASA on the seeds both ran; the seen-bias SASRec is its own model
+    # (same seed as sasrec: identical ranks would mean the bias never reached it)
+    assert set(payload["paired_vs_mufasa_ndcg@10"]) == set(MODEL_ORDER) - {"mufasa"}
+    assert payload["paired_vs_mufasa_ndcg@10"]["sasrec"]["unfiltered"]["seeds"] == [0, 1]
+    assert payload["paired_vs_mufasa_ndcg@10"]["sasrec_seen_bias"]["filtered"]["seeds"] == [0]
+    assert "| sasrec_seen_bias | [0] |" in table and "Paired per user" in table
+    with np.load(tmp_path / "cmp.ranks.npz") as ranks:
+        assert not np.array_equal(ranks["0/sasrec/unfiltered"], ranks["0/sasrec_seen_bias/unfiltered"])
     # the ablations ran on seed 0 only: they are also compared with MUFASA's seed-0 score, not its 2-seed mean
     m0 = payload["per_seed"]["0"]["mufasa"]["unfiltered"]["ndcg@10"]
     w0 = payload["per_seed"]["0"]["window_only"]["unfiltered"]["ndcg@10"]
@@ -264,7 +272,7 @@ def test_benchmark_resumes_runs_only_what_is_missing_and_refuses_another_budget(
     sig = second["significance_mufasa_vs_sasrec_ndcg@10"]["unfiltered"]
     assert sig["seeds"] == [0] and 0 <= sig["wilcoxon_p"] <= 1
     with np.load(tmp_path / "cmp.ranks.npz") as ranks:
-        assert {"0/mufasa/unfiltered", "0/sasrec/filtered"} <= set(ranks.files)
+        assert {"0/mufasa/unfiltered", "0/sasrec/filtered", "0/popularity/unfiltered"} <= set(ranks.files)
 
     ran.clear()
     assert run_benchmark(params, paths, [0], out, models=("mufasa", "sasrec"), resume=True,

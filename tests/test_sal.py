@@ -371,8 +371,9 @@ def replay_ndcg(model: SALModel, rows: np.ndarray, session: int) -> float:
 def test_sal_at_the_shipped_attention_settings_recalls_a_session_replayed_far_outside_its_window(device):
     """Long-range recall (issue 16, reduced size): the shipped attention settings (window, block size, top-k and
     selection group read from params.yaml: 64 / 32 / 4 / 2) and depth (2 layers), with the long-history preset's
-    previous-item input (``prev_item``), 4 heads and ~16k tokens a step (batch 64). Reduced: width 64, no dropout,
-    256 events, 200 items.
+    previous-item input (``prev_item``), 4 heads and ~16k tokens a step (batch 64), and without the seen-item bias
+    (the preset turns it off: with it, seed 0 left the plateau ~400 steps later, replay-probe.md). Reduced: width
+    64, no dropout, 256 events, 200 items.
 
     Each user: a random 32-item session, 192 other events, the session replayed. Inside the replay the next item
     sits 224 events back, 3.5 windows away: only the selected blocks hold it, and only the compressed summaries can
@@ -393,7 +394,8 @@ def test_sal_at_the_shipped_attention_settings_recalls_a_session_replayed_far_ou
     U, T = train_rows.shape
     seqs = (np.arange(U + 1) * T, train_rows.reshape(-1), np.zeros(U * T, dtype=np.int64))
     cfg = replace(shipped, n_items=N, item_feature_dim=0, d_model=64, n_heads=4, max_len=T, dropout=0.0,
-                  attn_dropout=0.0, time_encoding=False, prev_item=True, attention_impl="block")
+                  attn_dropout=0.0, time_encoding=False, prev_item=True, seen_bias=False,
+                  attention_impl="block")
     assert (cfg.window, cfg.block_size, cfg.top_k, cfg.select_group) == (64, 32, 4, 2)  # what the docstring says
     train_cfg = SALTrainConfig(**EPOCH_BUDGET, epochs=10, batch_size=64, lr=3e-3, progress=False, seed=0,
                                patience=1000, device=device)

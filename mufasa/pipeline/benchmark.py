@@ -10,8 +10,11 @@ removed; comparable with a reference library's popularity figure). MUFASA vs ``s
 each user's NDCG@10, averaged over the seeds both ran, paired between the two models — a Wilcoxon signed-rank
 test (two-sided) and a paired bootstrap 95 % interval of the mean difference.
 
-Results (``<out>.json`` / ``.md`` / ``.png``, and the headline models' per-user test ranks in
-``<out>.ranks.npz`` for the paired test) are written after every (seed, model), so an interrupted run keeps what it
+``sasrec_seen_bias`` (the same SASRec scored with MUFASA's learned bias on consumed items) asks what MUFASA gains
+beyond that bias; every model with per-user ranks gets the same paired test against MUFASA, on the seeds both ran.
+
+Results (``<out>.json`` / ``.md`` / ``.png``, and every model's per-user test ranks in
+``<out>.ranks.npz`` for the paired tests) are written after every (seed, model), so an interrupted run keeps what it
 finished; ``resume=True`` reads them back and runs only the (seed, model) pairs still missing, and ``models``
 restricts a run to some models (e.g. the ablations, on top of a finished headline). The CLI logs them to MLflow.
 """
@@ -30,12 +33,12 @@ import torch
 from mufasa.data.io import atomic_path, write_json, write_text
 from mufasa.evaluation.report import bar_plot, metrics_table
 from mufasa.evaluation.protocol import PROTOCOLS
-from mufasa.pipeline.evaluate import ABLATIONS, evaluate_all, seeded_fused
+from mufasa.pipeline.evaluate import ABLATIONS, SASREC_VARIANTS, evaluate_all, seeded_fused
 from mufasa.pipeline.params import quiet
 from mufasa.pipeline.paths import ProjectPaths
 
 HEADLINE = ("mufasa", "sasrec")
-MODEL_ORDER = ("mufasa", "sasrec", "popularity", *ABLATIONS)
+MODEL_ORDER = ("mufasa", "sasrec", "sasrec_seen_bias", "popularity", *ABLATIONS)
 
 
 def ndcg_at(ranks: np.ndarray, k: int = 10) -> np.ndarray:
@@ -103,7 +106,8 @@ def run_benchmark(
         raise ValueError(f"unknown model(s) {unknown}: choose from {list(MODEL_ORDER)}")
     params = dataclasses.replace(
         params,
-        evaluate=dataclasses.replace(params.evaluate, baselines=("popularity", "sasrec"), ablations=tuple(ABLATIONS)),
+        evaluate=dataclasses.replace(params.evaluate, baselines=("popularity", *SASREC_VARIANTS),
+                                     ablations=tuple(ABLATIONS)),
     )
     out = Path(out)
     per_seed, ranks, earlier = _load_previous(params, out) if resume else ({}, {}, {})
@@ -118,7 +122,7 @@ def run_benchmark(
     def collect(seed: int, results: dict) -> None:
         nonlocal payload
         per_seed.setdefault(seed, {}).update({name: r["protocols"] for name, r in results.items()})
-        ranks.setdefault(seed, {}).update({name: r["ranks"] for name, r in results.items() if name in HEADLINE})
+        ranks.setdefault(seed, {}).update({name: r["ranks"] for name, r in results.items()})
         if progress:
             progress(seed, {name: r["test"] for name, r in results.items()})
         payload = _write(params, per_seed, ranks, out, time.perf_counter() - started, earlier)
@@ -213,6 +217,7 @@ def _write(params, per_seed: dict[int, dict], ranks: dict[int, dict], out: Path,
             significance[protocol] = {**paired_test(per_user["mufasa"], per_user["sasrec"]), "seeds": both}
     elif earlier and earlier.get("significance_mufasa_vs_sasrec_ndcg@10"):
         significance = earlier["significance_mufasa_vs_sasrec_ndcg@10"]
+    paired = _paired_with_mufasa(ranks)
     flat = {f"{s}/{m}/{p}": np.asarray(r) for s, by_model in ranks.items() for m, by_protocol in by_model.items()
             for p, r in by_protocol.items()}
     if flat:
@@ -226,13 +231,47 @@ def _write(params, per_seed: dict[int, dict], ranks: dict[int, dict], out: Path,
         "per_seed": {str(s): per_seed[s] for s in seeds},
         "mean_std": mean_std,
         "significance_mufasa_vs_sasrec_ndcg@10": significance,
+        "paired_vs_mufasa_ndcg@10": paired,
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
         "seconds": seconds,
     }
     write_json(payload, out.with_suffix(".json"))
-    write_text(_markdown(tables, significance, seeds_of), out.with_suffix(".md"))
+    write_text(_markdown(tables, significance, seeds_of, paired), out.with_suffix(".md"))
     bar_plot(tables["unfiltered"], out.with_suffix(".png"))
     return payload
+
+
+def _paired_with_mufasa(ranks: dict[int, dict]) -> dict[str, dict]:
+    """Per model with per-user ranks: MUFASA − model, each user's NDCG@10 averaged over the seeds both ran,
+    paired (Wilcoxon + bootstrap interval), per protocol."""
+    out: dict[str, dict] = {}
+    names = sorted({m for by_model in ranks.values() for m in by_model} - {"mufasa"}, key=MODEL_ORDER.index)
+    for name in names:
+        both = sorted(s for s, by_model in ranks.items() if "mufasa" in by_model and name in by_model)
+        if not both:
+            continue
+        out[name] = {
+            protocol: {**paired_test(np.mean([ndcg_at(ranks[s]["mufasa"][protocol]) for s in both], axis=0),
+                                     np.mean([ndcg_at(ranks[s][name][protocol]) for s in both], axis=0)),
+                       "seeds": both}
+            for protocol in PROTOCOLS
+        }
+    return out
+
+
+def _paired_table(paired: dict[str, dict], protocol: str) -> list[str]:
+    rows = []
+    for name, by_protocol in paired.items():
+        sig = by_protocol[protocol]
+        rows.append(f"| {name} | {sig['seeds']} | {sig['mean_diff']:+.4f} | {sig['ci95_low']:+.4f} … "
+                    f"{sig['ci95_high']:+.4f} | {sig['wilcoxon_p']:.3g} | "
+                    f"{int(sig['users_better'])} / {int(sig['users_worse'])} |")
+    if not rows:
+        return []
+    return ["Paired per user (MUFASA − model, each user's NDCG@10 averaged over the seeds both ran; bootstrap "
+            "95 % interval, two-sided Wilcoxon signed-rank; users where MUFASA is better / worse):", "",
+            "| model | seeds | MUFASA − model | 95 % CI | Wilcoxon p | better / worse |",
+            "|---|---|---:|---|---:|---:|", *rows, ""]
 
 
 def _same_seeds(table: dict, seeds_of: dict, metric: str = "ndcg@10") -> list[str]:
@@ -258,7 +297,7 @@ def _same_seeds(table: dict, seeds_of: dict, metric: str = "ndcg@10") -> list[st
             *rows, ""]
 
 
-def _markdown(tables: dict, significance: dict, seeds_of: dict) -> str:
+def _markdown(tables: dict, significance: dict, seeds_of: dict, paired: dict | None = None) -> str:
     lines = [
         "# MUFASA vs the reference SASRec and ablations",
         "",
@@ -271,6 +310,7 @@ def _markdown(tables: dict, significance: dict, seeds_of: dict) -> str:
         title = f"History {protocol}" + (" (headline)" if protocol == "unfiltered" else "")
         lines += [metrics_table(tables[protocol], title=title)]
         lines += _same_seeds(tables[protocol], seeds_of)
+        lines += _paired_table(paired or {}, protocol)
         if sig is None:
             lines += ["No paired test yet: MUFASA and sasrec have not both run on any seed.", ""]
             continue

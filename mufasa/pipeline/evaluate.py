@@ -9,6 +9,8 @@ training histories; ablations with MUFASA's objective and budget (``train_sal.tr
   (:mod:`mufasa.evaluation.oracle`), the reference for long-range recall on data with planted replays;
 - ``sasrec``: the reference SASRec (:mod:`mufasa.models.sasrec`: ID-only, RecBole's settings and early
   stopping, ``evaluate.sasrec``), the baseline the gate demands MUFASA beats;
+- ``sasrec_seen_bias``: the same SASRec scored with MUFASA's learned bias on items already consumed
+  (``seen_bias``): what MUFASA gains beyond that bias;
 - ``mfl_off``: SAL on ID embeddings only; ``dense_attention``: MUFASA with dense causal attention instead of the
   sparse branches; ``window_only`` / ``no_selection`` / ``no_compression``: SAL with branches removed;
   ``no_seen_bias``: MUFASA without the learned score bias on items already consumed.
@@ -42,6 +44,9 @@ ABLATIONS: dict[str, dict] = {
     "no_compression": {"use_compressed": False},
     "no_seen_bias": {"seen_bias": False},  # scores without the learned bias on items the user already consumed
 }
+
+# The reference SASRec as it is, and scored with MUFASA's seen-item bias (a replace of evaluate.sasrec.model).
+SASREC_VARIANTS: dict[str, dict] = {"sasrec": {}, "sasrec_seen_bias": {"seen_bias": True}}
 
 
 def seeded_fused(params, paths: ProjectPaths, seed: int) -> np.ndarray | None:
@@ -105,11 +110,13 @@ def evaluate_all(
         results["popularity"] = score(PopularityScorer(data.train, n))
     if "copy_oracle" in wanted:
         results["copy_oracle"] = score(CopyOracleScorer(n))
-    if "sasrec" in wanted:
-        cb = (lambda step, m: on_metrics(step, {f"sasrec/{k}": v for k, v in m.items()})) if on_metrics else None
-        variant = "sasrec" if seed is None else f"sasrec-seed{seed}"
-        model = train_sasrec(params, inputs, paths.root, on_metrics=cb, variant=variant)[2].model
-        results["sasrec"] = score(SALScorer(model))
+    for name, overrides in SASREC_VARIANTS.items():
+        if name not in wanted:
+            continue
+        cb = (lambda step, m, p=f"{name}/": on_metrics(step, {p + k: v for k, v in m.items()})) if on_metrics else None
+        variant = name if seed is None else f"{name}-seed{seed}"
+        model = train_sasrec(params, inputs, paths.root, on_metrics=cb, variant=variant, **overrides)[2].model
+        results[name] = score(SALScorer(model))
     for name in ABLATIONS:
         if name in wanted:
             results[name] = trained(name, **ABLATIONS[name])
