@@ -231,7 +231,7 @@ class EvaluateConfig:
     # Always run (the gate needs both): most-popular and the reference SASRec (ID-only, RecBole's settings).
     # copy_oracle (mufasa.evaluation.oracle): copies what followed the best-matching earlier moment of a history;
     # the reference for long-range recall on data with planted replays (ingest.synthetic.tail_replay)
-    baselines: tuple[Literal["popularity", "sasrec", "sasrec_seen_bias", "copy_oracle"], ...] = ("popularity", "sasrec")
+    baselines: tuple[Literal["popularity", "sasrec", "copy_oracle"], ...] = ("popularity", "sasrec")
     # Ablations of MUFASA, each one SAL training: MFL off (ID only), dense attention instead of the sparse
     # branches, SAL with branches removed.
     ablations: tuple[Ablation, ...] = ()

@@ -33,7 +33,7 @@ import torch
 from mufasa.data.io import atomic_path, write_json, write_text
 from mufasa.evaluation.report import bar_plot, metrics_table
 from mufasa.evaluation.protocol import PROTOCOLS
-from mufasa.pipeline.evaluate import ABLATIONS, SASREC_VARIANTS, evaluate_all, seeded_fused
+from mufasa.pipeline.evaluate import ABLATIONS, evaluate_all, seeded_fused
 from mufasa.pipeline.params import quiet
 from mufasa.pipeline.paths import ProjectPaths
 
@@ -106,8 +106,7 @@ def run_benchmark(
         raise ValueError(f"unknown model(s) {unknown}: choose from {list(MODEL_ORDER)}")
     params = dataclasses.replace(
         params,
-        evaluate=dataclasses.replace(params.evaluate, baselines=("popularity", *SASREC_VARIANTS),
-                                     ablations=tuple(ABLATIONS)),
+        evaluate=dataclasses.replace(params.evaluate, baselines=("popularity", "sasrec"), ablations=tuple(ABLATIONS)),
     )
     out = Path(out)
     per_seed, ranks, earlier = _load_previous(params, out) if resume else ({}, {}, {})

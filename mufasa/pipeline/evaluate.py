@@ -10,7 +10,8 @@ training histories; ablations with MUFASA's objective and budget (``train_sal.tr
 - ``sasrec``: the reference SASRec (:mod:`mufasa.models.sasrec`: ID-only, RecBole's settings and early
   stopping, ``evaluate.sasrec``), the baseline the gate demands MUFASA beats;
 - ``sasrec_seen_bias``: the same SASRec scored with MUFASA's learned bias on items already consumed
-  (``seen_bias``): what MUFASA gains beyond that bias;
+  (``seen_bias``): what MUFASA gains beyond that bias (a benchmark model: ``mufasa benchmark --model
+  sasrec_seen_bias``; not an ``evaluate.baselines`` choice);
 - ``mfl_off``: SAL on ID embeddings only; ``dense_attention``: MUFASA with dense causal attention instead of the
   sparse branches; ``window_only`` / ``no_selection`` / ``no_compression``: SAL with branches removed;
   ``no_seen_bias``: MUFASA without the learned score bias on items already consumed.
@@ -29,11 +30,11 @@ from mufasa.data.io import write_json, write_text
 from mufasa.evaluation.oracle import CopyOracleScorer
 from mufasa.evaluation.protocol import PopularityScorer, evaluate, evaluate_protocols
 from mufasa.evaluation.report import bar_plot, metrics_table
-from mufasa.pipeline.params import with_seed
+from mufasa.pipeline.params import sasrec_configs, with_seed
 from mufasa.pipeline.mfl_model import fit_mfl
 from mufasa.pipeline.paths import ProjectPaths
 from mufasa.pipeline.result import StageResult
-from mufasa.pipeline.sal_model import SALScorer, load_inputs, load_model, train_sasrec, train_variant
+from mufasa.pipeline.sal_model import SALScorer, fit, load_inputs, load_model, train_variant
 
 # Each ablation is a replace of MUFASA's model config (train_sal.model), trained with MUFASA's objective and budget.
 ABLATIONS: dict[str, dict] = {
@@ -115,7 +116,9 @@ def evaluate_all(
             continue
         cb = (lambda step, m, p=f"{name}/": on_metrics(step, {p + k: v for k, v in m.items()})) if on_metrics else None
         variant = name if seed is None else f"{name}-seed{seed}"
-        model = train_sasrec(params, inputs, paths.root, on_metrics=cb, variant=variant, **overrides)[2].model
+        model_cfg, train_cfg = sasrec_configs(params, n_items=n)
+        model = fit(dataclasses.replace(model_cfg, **overrides), train_cfg, inputs, paths.root, variant,
+                    on_metrics=cb).model
         results[name] = score(SALScorer(model))
     for name in ABLATIONS:
         if name in wanted:
