@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,13 @@ import yaml
 from mufasa.pipeline.params import parse_params
 from mufasa.pipeline.paths import ProjectPaths
 from tests.helpers import EPOCH_BUDGET
+
+# Started in the background by a non-interactive shell (`make test &`, nohup), pytest inherits SIGINT ignored and
+# so would every process a test starts: `dagster dev` maps SIGTERM to SIGINT's handler, so it then ignores the
+# tests' stop, is killed 30 s later and leaves its temporary DAGSTER_HOME behind (the "dagster dev from scripts
+# needs set -m" pitfall). With a handler installed here, children start with the default disposition again.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
 
