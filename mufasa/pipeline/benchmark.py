@@ -207,16 +207,13 @@ def _write(params, per_seed: dict[int, dict], ranks: dict[int, dict], out: Path,
         tables[protocol] = combined
     # The paired test over the seeds where both headline models have per-user ranks (all of them, unless the
     # headline came from a file written before ranks were kept: then its test is carried over as it was).
-    both = [s for s in seeds if all(m in ranks.get(s, {}) for m in HEADLINE)]
+    paired = _paired_with_mufasa(ranks)
     headline_seeds = [s for s in seeds if all(m in per_seed[s] for m in HEADLINE)]
     significance = {}
-    if both and both == headline_seeds:
-        for protocol in PROTOCOLS:
-            per_user = {m: np.mean([ndcg_at(ranks[s][m][protocol]) for s in both], axis=0) for m in HEADLINE}
-            significance[protocol] = {**paired_test(per_user["mufasa"], per_user["sasrec"]), "seeds": both}
+    if "sasrec" in paired and paired["sasrec"][PROTOCOLS[0]]["seeds"] == headline_seeds:
+        significance = paired["sasrec"]
     elif earlier and earlier.get("significance_mufasa_vs_sasrec_ndcg@10"):
         significance = earlier["significance_mufasa_vs_sasrec_ndcg@10"]
-    paired = _paired_with_mufasa(ranks)
     flat = {f"{s}/{m}/{p}": np.asarray(r) for s, by_model in ranks.items() for m, by_protocol in by_model.items()
             for p, r in by_protocol.items()}
     if flat:

@@ -30,11 +30,11 @@ from mufasa.data.io import write_json, write_text
 from mufasa.evaluation.oracle import CopyOracleScorer
 from mufasa.evaluation.protocol import PopularityScorer, evaluate, evaluate_protocols
 from mufasa.evaluation.report import bar_plot, metrics_table
-from mufasa.pipeline.params import sasrec_configs, with_seed
+from mufasa.pipeline.params import with_seed
 from mufasa.pipeline.mfl_model import fit_mfl
 from mufasa.pipeline.paths import ProjectPaths
 from mufasa.pipeline.result import StageResult
-from mufasa.pipeline.sal_model import SALScorer, fit, load_inputs, load_model, train_variant
+from mufasa.pipeline.sal_model import SALScorer, load_inputs, load_model, train_sasrec, train_variant
 
 # Each ablation is a replace of MUFASA's model config (train_sal.model), trained with MUFASA's objective and budget.
 ABLATIONS: dict[str, dict] = {
@@ -116,9 +116,7 @@ def evaluate_all(
             continue
         cb = (lambda step, m, p=f"{name}/": on_metrics(step, {p + k: v for k, v in m.items()})) if on_metrics else None
         variant = name if seed is None else f"{name}-seed{seed}"
-        model_cfg, train_cfg = sasrec_configs(params, n_items=n)
-        model = fit(dataclasses.replace(model_cfg, **overrides), train_cfg, inputs, paths.root, variant,
-                    on_metrics=cb).model
+        model = train_sasrec(params, inputs, paths.root, on_metrics=cb, variant=variant, **overrides)[2].model
         results[name] = score(SALScorer(model))
     for name in ABLATIONS:
         if name in wanted:

@@ -69,9 +69,11 @@ def train_variant(params, inputs: SALInputs, root: Path, variant: str, on_metric
     return model_cfg, train_cfg, result
 
 
-def train_sasrec(params, inputs: SALInputs, root: Path, on_metrics=None, variant: str = "sasrec"):
-    """Train the reference SASRec (``evaluate.sasrec``: ID-only, RecBole's settings) on the same split."""
+def train_sasrec(params, inputs: SALInputs, root: Path, on_metrics=None, variant: str = "sasrec", **overrides):
+    """Train the reference SASRec (``evaluate.sasrec``: ID-only, RecBole's settings) on the same split;
+    ``overrides`` replace fields of its model config (e.g. ``seen_bias=True``)."""
     model_cfg, train_cfg = sasrec_configs(params, n_items=inputs.data.n_items)
+    model_cfg = dataclasses.replace(model_cfg, **overrides)
     result = fit(model_cfg, train_cfg, inputs, root, variant, None, on_metrics)
     return model_cfg, train_cfg, result
 
